@@ -1,0 +1,3 @@
+from stratavore.cli import main
+
+main()

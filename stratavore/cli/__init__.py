@@ -1,0 +1,75 @@
+"""The stratavore command: parse, call the library, render. Errors become messages in one place."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+
+import click
+
+from .. import __version__
+from ..context import Context
+from ..errors import ExitCode, StratavoreError
+
+
+class Root(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        # keep the order a newcomer meets the commands in
+        return list(self.commands)
+
+
+@click.group(cls=Root, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="stratavore")
+@click.pass_context
+def cli(click_ctx: click.Context) -> None:
+    """Stratavore: launch, supervise and account for AI coding agents.
+
+    Runners keep going when this command (or the daemon) exits; attach to them any time.
+    State lives in one SQLite database; set STRATAVORE_HOME to use a separate profile.
+    """
+    click_ctx.obj = LazyContext()
+
+
+class LazyContext:
+    """Load settings only when a command needs them, so `--help` works with a broken config."""
+
+    _ctx: Context | None = None
+
+    def get(self) -> Context:
+        if self._ctx is None:
+            self._ctx = Context.load()
+        return self._ctx
+
+
+pass_app = click.make_pass_decorator(LazyContext)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        result = cli.main(args=argv, prog_name="stratavore", standalone_mode=False)
+    except StratavoreError as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(int(e.exit_code))
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(int(ExitCode.ERROR))
+    except sqlite3.Error as e:
+        text = str(e)
+        code = ExitCode.DATABASE_BUSY if "locked" in text or "busy" in text else ExitCode.ERROR
+        click.echo(f"Error: database: {text}", err=True)
+        sys.exit(int(code))
+    except KeyboardInterrupt:
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except BrokenPipeError:
+        # the reader of our output went away (`stratavore ps | head`); nothing left to say
+        sys.stderr.close()
+        sys.exit(int(ExitCode.ERROR))
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+from . import project_cmds, runner_cmds, system_cmds  # noqa: E402,F401  (commands register on import)

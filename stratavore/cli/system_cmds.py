@@ -1,0 +1,175 @@
+"""Commands around the runners: events, daemon, demo, config, completion."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from dataclasses import asdict
+
+import click
+
+from .. import daemon as daemon_mod
+from .. import demo as demo_mod
+from .. import events as event_log
+from .. import supervisor
+from ..runners import find
+from . import cli, pass_app
+from .render import duration, emit_json, runner_rows, table
+
+
+def _event_line(event: event_log.Event) -> str:
+    when = dt.datetime.fromtimestamp(event.created_at).strftime("%H:%M:%S.%f")[:-3]
+    payload = event.payload
+    subject = payload.get("name") or event.aggregate_id[:8]
+    details = " ".join(f"{k}={v}" for k, v in payload.items() if k not in ("name",) and v is not None)
+    return f"{event.seq:>6}  {when}  {event.type:<18} {subject}  {details}".rstrip()
+
+
+@cli.command("events")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing events as they happen.")
+@click.option("-t", "--type", "types", multiple=True, help="Only this event type; a trailing * matches a prefix (runner.*).")
+@click.option("-r", "--runner", default=None, help="Only this runner's events.")
+@click.option("--since", "since_seq", type=int, default=0, help="Only events after this sequence number.")
+@click.option("-n", "--last", type=int, default=None, help="Only the last N events.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@pass_app
+def events(app, follow: bool, types: tuple[str, ...], runner: str | None, since_seq: int, last: int | None, as_json: bool) -> None:
+    """Show the event log (every state change, in order)."""
+    conn = app.get().conn
+    aggregate = find(conn, runner).id if runner else None
+    if last is None and follow and since_seq == 0:
+        last = 10
+    shown = event_log.list_events(conn, after_seq=since_seq, types=types, aggregate_id=aggregate, last=last)
+
+    def show(event: event_log.Event) -> None:
+        click.echo(json.dumps(event.to_dict(), sort_keys=True) if as_json else _event_line(event))
+
+    for event in shown:
+        show(event)
+    if follow:
+        cursor = max([since_seq, event_log.last_seq(conn) if shown or last is not None else since_seq])
+        for event in event_log.follow(conn, after_seq=cursor, types=types, aggregate_id=aggregate):
+            show(event)
+
+
+@cli.group("daemon")
+def daemon() -> None:
+    """The optional background daemon (scheduled reconciliation and maintenance)."""
+
+
+@daemon.command("start")
+@pass_app
+def daemon_start(app) -> None:
+    """Start the daemon in the background."""
+    info = daemon_mod.start(app.get())
+    click.echo(f"Daemon started (pid {info.pid})")
+
+
+@daemon.command("stop")
+@pass_app
+def daemon_stop(app) -> None:
+    """Stop the daemon. Runners keep running."""
+    info = daemon_mod.stop(app.get())
+    click.echo(f"Daemon stopped (pid {info.pid})")
+
+
+@daemon.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_app
+def daemon_status(app, as_json: bool) -> int:
+    """Show whether the daemon runs, and how its jobs are doing. Exit code 3 when it is not running."""
+    status = daemon_mod.status(app.get())
+    if as_json:
+        emit_json(status)
+    elif status["running"]:
+        click.echo(f"Daemon running (pid {status['pid']}, up {duration(status['uptime'])}), {status['active_runners']} active runner(s)")
+    else:
+        click.echo(f"Daemon not running; {status['active_runners']} active runner(s) keep running without it")
+    if not as_json and status["jobs"]:
+        rows = [
+            [
+                j["job_id"],
+                j["runs"],
+                j["failures"],
+                f"{(j['last_duration'] or 0) * 1000:.1f}ms",
+                duration(j["last_run_age"]) + " ago",
+                j["last_error"] or "",
+            ]
+            for j in status["jobs"]
+        ]
+        click.echo(table(["JOB", "RUNS", "FAILURES", "LAST TOOK", "LAST RUN", "LAST ERROR"], rows))
+    return 0 if status["running"] else 3
+
+
+@daemon.command("run")
+@pass_app
+def daemon_run(app) -> None:
+    """Run the daemon in the foreground (for systemd, launchd or a terminal)."""
+    daemon_mod.Daemon(app.get()).run()
+
+
+@cli.command("demo")
+@click.option("-n", "--count", type=int, default=3, show_default=True, help="How many demo runners to launch.")
+@click.option("--cleanup", is_flag=True, help="Stop the demo runners before returning.")
+@pass_app
+def demo(app, count: int, cleanup: bool) -> None:
+    """A guided tour: a demo project, a few runners of a small bundled agent, ps and logs."""
+    ctx = app.get()
+    click.echo(f"Stratavore demo (data in {ctx.paths.data_dir})\n")
+    started = demo_mod.run(ctx, count, click.echo, lambda rs: click.echo(runner_rows(rs)))
+    names = " ".join(r.name for r in started)
+    click.echo(
+        f"\nTry it yourself:\n"
+        f"  stratavore attach {started[0].name}      # its live terminal: type a line; Ctrl-] detaches\n"
+        f"  stratavore logs {started[0].name} -f     # follow its output\n"
+        f"  stratavore events                 # every state change so far\n"
+        f"  stratavore stop --project {demo_mod.DEMO_PROJECT}   # stop the demo runners"
+    )
+    if cleanup:
+        supervisor.stop(ctx, started)
+        click.echo(f"\nStopped the demo runners ({names}). Nothing is left running.")
+    else:
+        click.echo(f"\nLeft running: {names} (stop them with `stratavore stop --project {demo_mod.DEMO_PROJECT}`).")
+
+
+@cli.command("demo-agent", hidden=True)
+def demo_agent() -> int:
+    """The small interactive program the demo launches."""
+    from ..demo_agent import main as agent_main
+
+    return agent_main(float(os.environ.get("STRATAVORE_DEMO_INTERVAL", "1.5")))
+
+
+@cli.group("config")
+def config() -> None:
+    """Inspect the configuration."""
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_app
+def config_show(app, as_json: bool) -> None:
+    """Show the effective settings (defaults < config file < environment) and paths."""
+    ctx = app.get()
+    data = {"settings": asdict(ctx.settings), "paths": {k: str(v) for k, v in asdict(ctx.paths).items()}}
+    data["paths"]["config_file"] = str(ctx.paths.config_file)
+    data["paths"]["database"] = str(ctx.paths.db_path)
+    if as_json:
+        emit_json(data)
+        return
+    for section, values in data.items():
+        click.echo(f"[{section}]")
+        for key, value in values.items():
+            click.echo(f"{key} = {value!r}")
+
+
+@cli.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script, e.g. `eval "$(stratavore completion bash)"`."""
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None
+    click.echo(cls(cli, {}, "stratavore", "_STRATAVORE_COMPLETE").source())

@@ -1,0 +1,128 @@
+"""Settings: built-in defaults < config file (TOML) < environment (STRATAVORE_<NAME>) < flags.
+
+Flags are applied by the CLI on top of the settings this module returns.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, InvalidInput
+
+RESTART_POLICIES = ("no", "on-failure", "always")
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_runners: int = 0  # global cap on active runners; 0 means no cap
+    stop_signal: str = "TERM"
+    stop_timeout: float = 10.0
+    restart: str = "no"
+    max_restarts: int = 5
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    restart_reset_after: float = 60.0  # a run this long resets the restart counter
+    heartbeat_interval: float = 5.0
+    reconcile_interval: float = 5.0
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backups: int = 3
+    detach_key: str = "ctrl-]"
+    busy_timeout: float = 5.0
+    launch_timeout: float = 10.0
+
+    def validated(self) -> Settings:
+        if self.restart not in RESTART_POLICIES:
+            raise ConfigError(f"restart must be one of {', '.join(RESTART_POLICIES)}, not {self.restart!r}")
+        parse_signal(self.stop_signal, error=ConfigError)
+        parse_detach_key(self.detach_key, error=ConfigError)
+        for name in ("max_runners", "max_restarts", "log_backups"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative")
+        for name in ("stop_timeout", "backoff_initial", "backoff_max", "busy_timeout", "launch_timeout"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative")
+        for name in ("heartbeat_interval", "reconcile_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.log_max_bytes < 4096:
+            raise ConfigError("log_max_bytes must be at least 4096")
+        return self
+
+
+_FIELD_TYPES = {f.name: f.type for f in fields(Settings)}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    kind = _FIELD_TYPES[name]
+    try:
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if not isinstance(value, str):
+            raise ValueError
+        return value
+    except ValueError:
+        raise ConfigError(f"{source}: {name} must be {'a number' if kind != 'str' else 'a string'}") from None
+
+
+def load_settings(config_file: Path, environ: dict[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    if config_file.exists():
+        import tomllib
+
+        try:
+            with open(config_file, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"cannot read {config_file}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"invalid TOML in {config_file}: {e}") from None
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            if name not in _FIELD_TYPES:
+                raise ConfigError(f"{config_file}: unknown setting {key!r}")
+            values[name] = _coerce(name, value, str(config_file))
+    for name in _FIELD_TYPES:
+        raw = env.get(f"STRATAVORE_{name.upper()}")
+        if raw is not None:
+            values[name] = _coerce(name, raw, f"STRATAVORE_{name.upper()}")
+    return Settings(**values).validated()
+
+
+def with_overrides(settings: Settings, **overrides: Any) -> Settings:
+    return replace(settings, **{k: v for k, v in overrides.items() if v is not None}).validated()
+
+
+def parse_signal(name: str | int, error: type[Exception] = InvalidInput) -> signal.Signals:
+    """Accept 'TERM', 'SIGTERM', 'term' or '15'."""
+    text = str(name).strip().upper()
+    try:
+        if text.isdigit():
+            return signal.Signals(int(text))
+        return signal.Signals[text if text.startswith("SIG") else "SIG" + text]
+    except (KeyError, ValueError):
+        raise error(f"unknown signal {name!r}") from None
+
+
+def parse_detach_key(spec: str, error: type[Exception] = InvalidInput) -> bytes:
+    """'ctrl-]' -> b'\\x1d'; 'ctrl-a' -> b'\\x01'."""
+    text = spec.strip().lower()
+    if text.startswith(("ctrl-", "ctrl+", "c-", "^")):
+        key = text.split("-", 1)[1] if "-" in text else text[1:]
+        if "+" in text and "-" not in text:
+            key = text.split("+", 1)[1]
+        if len(key) == 1:
+            code = ord(key.upper()) ^ 0x40
+            if 0 <= code < 32:
+                return bytes([code])
+    raise error(f"invalid detach key {spec!r}; use the form ctrl-] or ctrl-q")

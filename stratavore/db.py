@@ -1,0 +1,186 @@
+"""The SQLite store: connection settings, numbered migrations, write transactions.
+
+Every write goes through :func:`write`, which opens ``BEGIN IMMEDIATE``: a deferred transaction that
+reads and then writes fails with SQLITE_BUSY under concurrency whatever the busy timeout, while an
+immediate one waits its turn.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import ConfigError, DatabaseBusy, StratavoreError
+
+MIGRATIONS: list[str] = [
+    # 1: projects, runners, the outbox
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE projects (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        path TEXT NOT NULL,
+        max_runners INTEGER,
+        next_runner_number INTEGER NOT NULL DEFAULT 1,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        version INTEGER NOT NULL DEFAULT 1
+    );
+    CREATE TABLE runners (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        project_id INTEGER NOT NULL REFERENCES projects(id),
+        command TEXT NOT NULL,
+        cwd TEXT NOT NULL,
+        env TEXT NOT NULL DEFAULT '{}',
+        state TEXT NOT NULL,
+        reason TEXT,
+        exit_code INTEGER,
+        exit_signal TEXT,
+        restart_policy TEXT NOT NULL DEFAULT 'no',
+        max_restarts INTEGER NOT NULL DEFAULT 0,
+        restarts INTEGER NOT NULL DEFAULT 0,
+        stop_signal TEXT NOT NULL DEFAULT 'SIGTERM',
+        stop_timeout REAL NOT NULL DEFAULT 10,
+        stop_requested_signal TEXT,
+        stop_requested_timeout REAL,
+        boot_id TEXT,
+        launcher_pid INTEGER,
+        launcher_started REAL,
+        keeper_pid INTEGER,
+        keeper_started REAL,
+        agent_pid INTEGER,
+        agent_started REAL,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        ended_at REAL,
+        heartbeat_at REAL,
+        cpu_percent REAL,
+        rss_bytes INTEGER,
+        process_count INTEGER,
+        version INTEGER NOT NULL DEFAULT 1
+    );
+    CREATE INDEX runners_project_state ON runners(project_id, state);
+    CREATE INDEX runners_state ON runners(state);
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL UNIQUE,
+        node_id TEXT NOT NULL,
+        aggregate_type TEXT NOT NULL,
+        aggregate_id TEXT NOT NULL,
+        aggregate_version INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX events_aggregate ON events(aggregate_type, aggregate_id);
+    CREATE TABLE daemon_jobs (
+        job_id TEXT PRIMARY KEY,
+        last_started_at REAL,
+        last_duration REAL,
+        last_error TEXT,
+        runs INTEGER NOT NULL DEFAULT 0,
+        failures INTEGER NOT NULL DEFAULT 0
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _translate(e: sqlite3.Error, path: Path | str) -> StratavoreError:
+    text = str(e)
+    if "locked" in text or "busy" in text:
+        return DatabaseBusy(f"the database {path} stayed locked by another process; try again")
+    return ConfigError(f"cannot use the database {path}: {text}")
+
+
+def connect(path: Path | str, *, busy_timeout: float = 5.0, durable: bool = True, migrate: bool = True) -> sqlite3.Connection:
+    """Open the database with our settings, applying pending migrations.
+
+    ``durable=False`` is for connections that only write coalesced heartbeats: they may lose the last
+    second of liveness on a power cut, never a state change.
+    """
+    try:
+        conn = sqlite3.connect(str(path), timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version < SCHEMA_VERSION and migrate:
+            _migrate(conn)
+        elif version > SCHEMA_VERSION:
+            raise ConfigError(f"the database {path} has schema version {version}, newer than this stratavore knows ({SCHEMA_VERSION})")
+    except sqlite3.Error as e:
+        raise _translate(e, path) from None
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # another process may have migrated while we waited for the lock
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number in range(version, SCHEMA_VERSION):
+            for statement in _statements(MIGRATIONS[number]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={number + 1}")
+        if conn.execute("SELECT 1 FROM meta WHERE key='node_id'").fetchone() is None:
+            conn.execute("INSERT INTO meta(key, value) VALUES ('node_id', ?)", (uuid.uuid4().hex,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _statements(script: str) -> list[str]:
+    # executescript() would commit our open transaction; split so the migration stays atomic
+    out, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    return [s for s in out if s]
+
+
+@contextmanager
+def write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any exception."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as e:
+        raise _translate(e, _db_file(conn)) from None
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as e:
+            conn.execute("ROLLBACK")
+            raise _translate(e, _db_file(conn)) from None
+
+
+def _db_file(conn: sqlite3.Connection) -> str:
+    row = conn.execute("PRAGMA database_list").fetchone()
+    return row[2] if row else "?"
+
+
+def node_id(conn: sqlite3.Connection) -> str:
+    return conn.execute("SELECT value FROM meta WHERE key='node_id'").fetchone()[0]
+
+
+def now() -> float:
+    return time.time()

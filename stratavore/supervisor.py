@@ -1,0 +1,371 @@
+"""Launching, stopping, restarting and removing runners.
+
+A launch writes the runner rows (and their events) in one ``BEGIN IMMEDIATE`` transaction that also
+checks the quotas, so concurrent launches can never exceed them. Only after that commit are the
+keepers forked; each keeper records itself and its agent before the agent may run. Whatever moment
+the launching process dies at, reconciliation can tell a row without a process, and no agent ever
+runs without its row.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import select
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import db, events, procs, projects
+from .config import RESTART_POLICIES, Settings, parse_signal
+from .context import Context
+from .errors import Conflict, InvalidInput, LaunchFailed, QuotaExceeded
+from .logs import log_files
+from .names import validate_name
+from .reconcile import reconcile
+from .runners import Runner, change_state, count_active, find, get, insert, list_runners
+from .states import ACTIVE, ENDED, RunnerState
+
+S = RunnerState
+STOP_GRACE = 5.0
+
+
+@dataclass
+class LaunchOptions:
+    name: str | None = None
+    count: int = 1
+    cwd: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    restart: str | None = None
+    max_restarts: int | None = None
+    stop_signal: str | None = None
+    stop_timeout: float | None = None
+
+
+@dataclass
+class LaunchResult:
+    started: list[Runner]
+    failed: list[tuple[Runner, str]]
+
+
+def launch(ctx: Context, project_name: str, command: list[str], options: LaunchOptions | None = None) -> LaunchResult:
+    opts = options or LaunchOptions()
+    if not command:
+        raise InvalidInput("no command given: put it after `--`, e.g. `stratavore launch web -- bash`")
+    if opts.count < 1:
+        raise InvalidInput("--count must be at least 1")
+    if opts.name is not None:
+        validate_name("runner", opts.name)
+        if opts.count > 1:
+            raise InvalidInput("--name names one runner; drop it or use --count 1")
+    settings = ctx.settings
+    restart = opts.restart or settings.restart
+    if restart not in RESTART_POLICIES:
+        raise InvalidInput(f"--restart must be one of {', '.join(RESTART_POLICIES)}")
+    max_restarts = settings.max_restarts if opts.max_restarts is None else opts.max_restarts
+    if max_restarts < 0:
+        raise InvalidInput("--max-restarts must not be negative")
+    stop_signal = parse_signal(opts.stop_signal or settings.stop_signal).name
+    stop_timeout = settings.stop_timeout if opts.stop_timeout is None else opts.stop_timeout
+    if stop_timeout < 0:
+        raise InvalidInput("--stop-timeout must not be negative")
+    conn = ctx.conn
+    launcher_pid, launcher_started = procs.identity()
+    boot = procs.boot_id()
+    ids: list[str] = []
+    with db.write(conn):
+        project = projects.get(conn, project_name)
+        cwd = opts.cwd or project.path
+        if not Path(cwd).is_dir():
+            raise InvalidInput(f"working directory {cwd!r} does not exist")
+        _check_quota(conn, settings, project, opts.count)
+        number = conn.execute("SELECT next_runner_number FROM projects WHERE id=?", (project.id,)).fetchone()[0]
+        now = db.now()
+        for _ in range(opts.count):
+            if opts.name:
+                name = opts.name
+                if conn.execute("SELECT 1 FROM runners WHERE name=?", (name,)).fetchone():
+                    raise Conflict(f"a runner named {name!r} already exists")
+            else:
+                while True:
+                    name = f"{project.name}-{number}"
+                    number += 1
+                    if not conn.execute("SELECT 1 FROM runners WHERE name=?", (name,)).fetchone():
+                        break
+            runner_id = uuid.uuid4().hex
+            insert(
+                conn,
+                {
+                    "id": runner_id,
+                    "name": name,
+                    "project_id": project.id,
+                    "command": json.dumps(command),
+                    "cwd": str(cwd),
+                    "env": json.dumps(opts.env),
+                    "state": S.STARTING.value,
+                    "restart_policy": restart,
+                    "max_restarts": max_restarts,
+                    "stop_signal": stop_signal,
+                    "stop_timeout": stop_timeout,
+                    "boot_id": boot,
+                    "launcher_pid": launcher_pid,
+                    "launcher_started": launcher_started,
+                    "created_at": now,
+                },
+            )
+            events.append(
+                conn,
+                "runner",
+                runner_id,
+                1,
+                "runner.created",
+                {"name": name, "project": project.name, "command": command, "cwd": str(cwd), "restart": restart},
+            )
+            ids.append(runner_id)
+        conn.execute("UPDATE projects SET next_runner_number=? WHERE id=?", (number, project.id))
+    return _start_keepers(ctx, ids)
+
+
+def _check_quota(conn, settings: Settings, project: projects.Project, wanted: int) -> None:
+    if project.max_runners:
+        active = count_active(conn, project.id)
+        if active + wanted > project.max_runners:
+            raise QuotaExceeded(
+                f"project {project.name!r} allows {project.max_runners} active runner(s); {active} active, {wanted} requested"
+            )
+    if settings.max_runners:
+        active = count_active(conn)
+        if active + wanted > settings.max_runners:
+            raise QuotaExceeded(f"the global limit is {settings.max_runners} active runner(s); {active} active, {wanted} requested")
+
+
+def _start_keepers(ctx: Context, runner_ids: list[str]) -> LaunchResult:
+    """Fork one keeper per runner and wait until each reports its agent running (or failing)."""
+    ctx.paths.runner_socket("0" * 12)  # fail early, before any fork, if sockets cannot live there
+    ctx.close()
+    # objects frozen before fork are never touched by the collector, so their pages stay shared
+    gc.freeze()
+    reports: dict[int, str] = {}
+    try:
+        for runner_id in runner_ids:
+            reports[_fork_keeper(ctx, runner_id)] = runner_id
+    finally:
+        gc.unfreeze()
+    outcome = _collect_reports(reports, ctx.settings.launch_timeout)
+    conn = ctx.conn
+    started, failed = [], []
+    for runner_id in runner_ids:
+        runner = get(conn, runner_id)
+        error = outcome.get(runner_id)
+        if error is None and runner.state in ACTIVE:
+            started.append(runner)
+        else:
+            failed.append((runner, runner.reason or error or f"runner is {runner.state}"))
+    if failed and not started:
+        runner, reason = failed[0]
+        more = f" ({len(failed)} runners failed)" if len(failed) > 1 else ""
+        raise LaunchFailed(f"{runner.name}: {reason}{more}")
+    return LaunchResult(started, failed)
+
+
+def _fork_keeper(ctx: Context, runner_id: str) -> int:
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_fd)
+            os.setsid()
+            # a second fork: the keeper is no session leader, and init (or a subreaper) adopts it
+            if os.fork() != 0:
+                os._exit(0)
+            from .keeper import become_keeper
+
+            become_keeper(ctx.paths, ctx.settings, runner_id, write_fd)
+        finally:
+            os._exit(1)
+    os.close(write_fd)
+    os.waitpid(pid, 0)
+    return read_fd
+
+
+def _collect_reports(reports: dict[int, str], timeout: float) -> dict[str, str | None]:
+    """Read each keeper's one-line report: None for success, else the error."""
+    outcome: dict[str, str | None] = {}
+    buffers = {fd: b"" for fd in reports}
+    deadline = time.monotonic() + timeout
+    while buffers:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        ready, _, _ = select.select(list(buffers), [], [], remaining)
+        for fd in ready:
+            chunk = os.read(fd, 4096)
+            if chunk:
+                buffers[fd] += chunk
+                if not buffers[fd].endswith(b"\n"):
+                    continue
+            data = buffers.pop(fd)
+            os.close(fd)
+            try:
+                report = json.loads(data) if data else {"ok": False, "error": "the keeper exited before reporting"}
+            except ValueError:
+                report = {"ok": False, "error": "the keeper sent a garbled report"}
+            outcome[reports[fd]] = None if report.get("ok") else report.get("error", "unknown error")
+    for fd in buffers:
+        os.close(fd)
+        outcome[reports[fd]] = f"the keeper did not report within {timeout:g}s"
+    return outcome
+
+
+# -- stopping ------------------------------------------------------------------------------------
+
+
+def stop(
+    ctx: Context,
+    refs: list[Runner],
+    *,
+    signal_name: str | None = None,
+    timeout: float | None = None,
+    wait: bool = True,
+) -> list[Runner]:
+    """Stop runners: the stop signal to each agent's group, a grace period, then SIGKILL the tree.
+
+    Every keeper is told first, then all are awaited together, so stopping many takes as long as the
+    slowest one rather than the sum.
+    """
+    sig = parse_signal(signal_name).name if signal_name else None
+    if timeout is not None and timeout < 0:
+        raise InvalidInput("--timeout must not be negative")
+    conn = ctx.conn
+    waiting: list[tuple[Runner, float]] = []
+    for runner in reconcile(conn, refs):
+        if runner.state in ENDED:
+            continue
+        with db.write(conn):
+            current = get(conn, runner.id)
+            if current.state in ENDED:
+                continue
+            if current.state != S.STOPPING:
+                change_state(
+                    conn,
+                    runner.id,
+                    S.STOPPING,
+                    reason="stop requested",
+                    stop_requested_signal=sig,
+                    stop_requested_timeout=timeout,
+                )
+            else:
+                # a second, harsher stop (e.g. `kill` after `stop`) overrides the first
+                conn.execute(
+                    "UPDATE runners SET stop_requested_signal=COALESCE(?, stop_requested_signal),"
+                    " stop_requested_timeout=COALESCE(?, stop_requested_timeout) WHERE id=?",
+                    (sig, timeout, runner.id),
+                )
+        current = get(conn, runner.id)
+        effective = current.stop_requested_timeout if current.stop_requested_timeout is not None else current.stop_timeout
+        if current.keeper_pid and procs.is_alive(current.keeper_pid, current.keeper_started):
+            procs.signal_pid(current.keeper_pid, signal.SIGTERM)
+            waiting.append((current, effective))
+        else:
+            # no keeper to do it (a launch still starting, or a keeper that died): do it ourselves
+            _stop_without_keeper(conn, current)
+    if not wait:
+        return [get(conn, r.id) for r in refs]
+    if waiting:
+        longest = max(t for _, t in waiting)
+        stuck = set(procs.wait_gone([(r.keeper_pid, r.keeper_started) for r, _ in waiting], longest + STOP_GRACE))
+        for runner, _ in waiting:
+            if runner.keeper_pid in stuck:
+                procs.signal_pid(runner.keeper_pid, signal.SIGKILL)
+                _stop_without_keeper(conn, get(conn, runner.id), reason="the keeper did not stop in time")
+    return [get(conn, r.id) for r in refs]
+
+
+def _stop_without_keeper(conn, runner: Runner, reason: str = "stopped without its keeper") -> None:
+    procs.kill_tree(runner.agent_pid, runner.agent_started)
+    with db.write(conn):
+        change_state(conn, runner.id, S.STOPPED, expect=ACTIVE, reason=reason, ended_at=db.now())
+
+
+# -- restart and removal -------------------------------------------------------------------------
+
+
+def restart(ctx: Context, runner: Runner) -> Runner:
+    """Stop the runner if it is active, then start its command again under a new keeper."""
+    if runner.state in ACTIVE:
+        stop(ctx, [runner])
+    conn = ctx.conn
+    launcher_pid, launcher_started = procs.identity()
+    with db.write(conn):
+        current = get(conn, runner.id)
+        if current.state in ACTIVE:
+            raise Conflict(f"runner {runner.name!r} is still {current.state}; try again")
+        project = projects.get(conn, current.project)
+        _check_quota(conn, ctx.settings, project, 1)
+        change_state(
+            conn,
+            runner.id,
+            S.STARTING,
+            reason="restart requested",
+            restarts=0,
+            boot_id=procs.boot_id(),
+            launcher_pid=launcher_pid,
+            launcher_started=launcher_started,
+            keeper_pid=None,
+            keeper_started=None,
+            agent_pid=None,
+            agent_started=None,
+            exit_code=None,
+            exit_signal=None,
+            started_at=None,
+            ended_at=None,
+            stop_requested_signal=None,
+            stop_requested_timeout=None,
+        )
+    result = _start_keepers(ctx, [runner.id])
+    return result.started[0]
+
+
+def remove(ctx: Context, runner: Runner, *, force: bool = False) -> Runner:
+    """Delete an ended runner's row and logs; an active one only with ``force`` (it is stopped first)."""
+    conn = ctx.conn
+    [runner] = reconcile(conn, [runner])
+    if runner.state in ACTIVE:
+        if not force:
+            raise Conflict(f"runner {runner.name!r} is {runner.state}; stop it first or use --force")
+        stop(ctx, [runner])
+    with db.write(conn):
+        current = get(conn, runner.id)
+        if current.state in ACTIVE:
+            raise Conflict(f"runner {runner.name!r} is still {current.state}")
+        conn.execute("DELETE FROM runners WHERE id=?", (runner.id,))
+        events.append(conn, "runner", runner.id, current.version + 1, "runner.removed", {"name": runner.name})
+    delete_files(ctx, [runner.id])
+    return runner
+
+
+def delete_files(ctx: Context, runner_ids: list[str]) -> None:
+    for runner_id in runner_ids:
+        log = ctx.paths.runner_log(runner_id)
+        for path in [*log_files(log), log.with_name(f"{runner_id}.keeper.log")]:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+
+def remove_project(ctx: Context, name: str, *, force: bool = False) -> projects.Project:
+    if force:
+        active = list_runners(ctx.conn, project=name)
+        if active:
+            stop(ctx, active)
+    project, runner_ids = projects.remove(ctx.conn, name)
+    delete_files(ctx, runner_ids)
+    return project
+
+
+def resolve(ctx: Context, refs: list[str]) -> list[Runner]:
+    return [find(ctx.conn, ref) for ref in refs]
