@@ -16,7 +16,7 @@ def project() -> None:
 
 @project.command("add")
 @click.argument("name")
-@click.argument("path", type=click.Path(file_okay=False, path_type=str))
+@click.argument("path")
 @click.option("--max-runners", type=int, default=None, help="Most runners active at once in this project (0: no limit).")
 @click.option("--json", "as_json", is_flag=True, help="Print the project as JSON.")
 @pass_app
@@ -65,7 +65,7 @@ def project_show(app, name: str, as_json: bool) -> None:
 
 @project.command("set")
 @click.argument("name")
-@click.option("--path", type=click.Path(file_okay=False, path_type=str), default=None, help="Move the project to this directory.")
+@click.option("--path", default=None, help="Move the project to this directory.")
 @click.option("--max-runners", type=int, default=None, help="New runner limit (0: no limit).")
 @pass_app
 def project_set(app, name: str, path: str | None, max_runners: int | None) -> None:
