@@ -145,13 +145,16 @@ def _check_quota(conn, settings: Settings, project: projects.Project, wanted: in
 def _start_keepers(ctx: Context, runner_ids: list[str]) -> LaunchResult:
     """Fork one keeper per runner and wait until each reports its agent running (or failing)."""
     ctx.paths.runner_socket("0" * 12)  # fail early, before any fork, if sockets cannot live there
+    # imported here, once, rather than in every keeper: the forks share its pages
+    from .keeper import become_keeper
+
     ctx.close()
     # objects frozen before fork are never touched by the collector, so their pages stay shared
     gc.freeze()
     reports: dict[int, str] = {}
     try:
         for runner_id in runner_ids:
-            reports[_fork_keeper(ctx, runner_id)] = runner_id
+            reports[_fork_keeper(ctx, runner_id, become_keeper)] = runner_id
     finally:
         gc.unfreeze()
     outcome = _collect_reports(reports, ctx.settings.launch_timeout)
@@ -171,7 +174,7 @@ def _start_keepers(ctx: Context, runner_ids: list[str]) -> LaunchResult:
     return LaunchResult(started, failed)
 
 
-def _fork_keeper(ctx: Context, runner_id: str) -> int:
+def _fork_keeper(ctx: Context, runner_id: str, become_keeper) -> int:
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -181,9 +184,7 @@ def _fork_keeper(ctx: Context, runner_id: str) -> int:
             # a second fork: the keeper is no session leader, and init (or a subreaper) adopts it
             if os.fork() != 0:
                 os._exit(0)
-            from .keeper import become_keeper
-
-            become_keeper(ctx.paths, ctx.settings, runner_id, write_fd)
+            become_keeper(ctx.paths, ctx.settings, runner_id, write_fd)  # never returns
         finally:
             os._exit(1)
     os.close(write_fd)
@@ -240,11 +241,11 @@ def stop(
     if timeout is not None and timeout < 0:
         raise InvalidInput("--timeout must not be negative")
     conn = ctx.conn
-    waiting: list[tuple[Runner, float]] = []
-    for runner in reconcile(conn, refs):
-        if runner.state in ENDED:
-            continue
-        with db.write(conn):
+    requested: list[Runner] = []
+    checked = reconcile(conn, refs)
+    # one transaction for all the stop requests: a hundred runners cost one commit, not a hundred
+    with db.write(conn):
+        for runner in checked:
             current = get(conn, runner.id)
             if current.state in ENDED:
                 continue
@@ -264,7 +265,9 @@ def stop(
                     " stop_requested_timeout=COALESCE(?, stop_requested_timeout) WHERE id=?",
                     (sig, timeout, runner.id),
                 )
-        current = get(conn, runner.id)
+            requested.append(get(conn, runner.id))
+    waiting: list[tuple[Runner, float]] = []
+    for current in requested:
         effective = current.stop_requested_timeout if current.stop_requested_timeout is not None else current.stop_timeout
         if current.keeper_pid and procs.is_alive(current.keeper_pid, current.keeper_started):
             procs.signal_pid(current.keeper_pid, signal.SIGTERM)
