@@ -119,13 +119,15 @@ def demo(app, count: int, cleanup: bool) -> None:
     click.echo(f"Stratavore demo (data in {ctx.paths.data_dir})\n")
     started = demo_mod.run(ctx, count, click.echo, lambda rs: click.echo(runner_rows(rs)))
     names = " ".join(r.name for r in started)
-    click.echo(
-        f"\nTry it yourself:\n"
-        f"  stratavore attach {started[0].name}      # its live terminal: type a line; Ctrl-] detaches\n"
-        f"  stratavore logs {started[0].name} -f     # follow its output\n"
-        f"  stratavore events                 # every state change so far\n"
-        f"  stratavore stop --project {demo_mod.DEMO_PROJECT}   # stop the demo runners"
-    )
+    first = started[0].name
+    tips = [
+        (f"stratavore attach {first}", "its live terminal: type a line; Ctrl-] detaches"),
+        (f"stratavore logs {first} -f", "follow its output"),
+        ("stratavore events", "every state change so far"),
+        (f"stratavore stop --project {demo_mod.DEMO_PROJECT}", "stop the demo runners"),
+    ]
+    width = max(len(command) for command, _ in tips)
+    click.echo("\nTry it yourself:\n" + "\n".join(f"  {command.ljust(width)}   # {why}" for command, why in tips))
     if cleanup:
         supervisor.stop(ctx, started)
         click.echo(f"\nStopped the demo runners ({names}). Nothing is left running.")
