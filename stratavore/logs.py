@@ -94,11 +94,20 @@ def log_files(path: Path, backups: int = 99) -> list[Path]:
 
 def tail(path: Path, lines: int | None) -> bytes:
     """The last ``lines`` lines across the log and its rotations (all of it when ``lines`` is None)."""
+    return read_tail(path, lines)[0]
+
+
+def read_tail(path: Path, lines: int | None) -> tuple[bytes, tuple[int, int] | None]:
+    """:func:`tail`, and where it stopped reading the current log as (inode, offset), for :func:`follow`."""
     chunks: list[bytes] = []
     count = 0
+    position = None
     for file in reversed(log_files(path)):
         try:
-            data = file.read_bytes()
+            with open(file, "rb") as f:
+                data = f.read()
+                if file == path:
+                    position = (os.fstat(f.fileno()).st_ino, len(data))
         except OSError:
             continue
         chunks.insert(0, data)
@@ -107,23 +116,34 @@ def tail(path: Path, lines: int | None) -> bytes:
             break
     data = b"".join(chunks)
     if lines is None:
-        return data
+        return data, position
     if lines <= 0:
-        return b""
+        return b"", position
     trailing = data.endswith(b"\n")
     parts = data.split(b"\n")
     if trailing:
         parts = parts[:-1]
     kept = parts[-lines:]
-    return b"\n".join(kept) + (b"\n" if trailing and kept else b"")
+    return b"\n".join(kept) + (b"\n" if trailing and kept else b""), position
 
 
-def follow(path: Path, *, start_at_end: bool = True, poll_interval: float = 0.1, stop=None) -> Iterator[bytes]:
-    """Yield data appended to the log, across rotations, until ``stop()`` returns true."""
+def follow(
+    path: Path, *, start_at_end: bool = True, start: tuple[int, int] | None = None, poll_interval: float = 0.1, stop=None
+) -> Iterator[bytes]:
+    """Yield data appended to the log, across rotations, until ``stop()`` returns true.
+
+    ``start`` (from :func:`read_tail`) resumes exactly where that read stopped, even if the log was
+    rotated once since, so that nothing written in between is lost; ``start_at_end`` then no longer applies.
+    """
     handle = None
     inode = None
     position = 0
-    first = True
+    first = start is None
+    if start is not None:
+        handle = _open_inode(path, start[0])
+        if handle is not None:
+            inode, position = start
+            handle.seek(position)
     while True:
         if handle is None:
             try:
@@ -164,3 +184,16 @@ def follow(path: Path, *, start_at_end: bool = True, poll_interval: float = 0.1,
                     handle.close()
                 return
             time.sleep(poll_interval)
+
+
+def _open_inode(path: Path, inode: int):
+    """The log or its first rotation, whichever is the file ``inode``; None if neither is."""
+    for candidate in (path, path.with_name(f"{path.name}.1")):
+        try:
+            handle = open(candidate, "rb")
+        except OSError:
+            continue
+        if os.fstat(handle.fileno()).st_ino == inode:
+            return handle
+        handle.close()
+    return None

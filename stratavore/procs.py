@@ -141,7 +141,8 @@ def kill_tree(pid: int | None, started: float | None, *, include_self: bool = Tr
     """SIGKILL an agent's whole tree: its process group, its session, and every descendant.
 
     Does nothing unless ``pid`` is still the process that started at ``started``, except for the
-    session sweep, which needs the session id the agent was given (its own pid).
+    session sweep, which needs the session id the agent was given (its own pid) and is skipped when
+    that pid now belongs to another process.
     Returns the pids signalled.
     """
     if not pid:
@@ -154,6 +155,10 @@ def kill_tree(pid: int | None, started: float | None, *, include_self: bool = Tr
         if include_self:
             targets.add(pid)
         signal_group(pid, signal.SIGKILL)
+    elif _taken_by_another(pid, started):
+        # the kernel never hands out a pid still in use as a session id, so the agent's session is
+        # gone, and the session whose id is this pid belongs to the process that reused it
+        return killed
     # the agent was made leader of its own session, so its session id is its pid; members that
     # escaped the process group (a shell's background jobs) still carry it
     targets.update(session_members(pid))
@@ -161,6 +166,23 @@ def kill_tree(pid: int | None, started: float | None, *, include_self: bool = Tr
         if target != os.getpid() and signal_pid(target, signal.SIGKILL):
             killed.append(target)
     return killed
+
+
+def _taken_by_another(pid: int, started: float | None) -> bool:
+    """True if ``pid`` exists (even as a zombie) and is not provably the process that started at ``started``."""
+    if LINUX:
+        fields = _stat_fields(pid)
+        if fields is None:
+            return False
+        actual = round(_boot_time() + int(fields[19]) / _CLK_TCK, 2)
+    else:
+        import psutil
+
+        try:
+            actual = round(psutil.Process(pid).create_time(), 2)
+        except psutil.Error:
+            return False
+    return started is None or abs(actual - started) > START_TIME_TOLERANCE
 
 
 def wait_gone(processes: Iterable[tuple[int, float | None]], timeout: float) -> list[int]:

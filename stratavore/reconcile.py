@@ -10,6 +10,7 @@ about to show, which costs a few /proc reads.
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 from collections.abc import Iterable
 
@@ -40,6 +41,10 @@ def reconcile(conn: sqlite3.Connection, runners: Iterable[Runner]) -> list[Runne
     for runner in runners:
         if diagnose(runner, boot) is not None:
             runner = _mark_lost(conn, runner.id, boot) or runner
+        elif runner.state == RunnerState.STOPPING and procs.is_alive(runner.keeper_pid, runner.keeper_started):
+            # the stop is recorded before the keeper is told; whoever recorded it may have died in
+            # between, so tell the keeper again (a keeper already stopping ignores a second request)
+            procs.signal_pid(runner.keeper_pid, signal.SIGTERM)
         out.append(runner)
     return out
 

@@ -158,7 +158,8 @@ def logs(app, runner: str, follow: bool, tail: int | None) -> None:
         raise InvalidInput("--tail must not be negative")
     path = ctx.paths.runner_log(r.id)
     out = sys.stdout.buffer
-    out.write(logfiles.tail(path, tail))
+    data, position = logfiles.read_tail(path, tail)
+    out.write(data)
     out.flush()
     if not follow:
         return
@@ -173,7 +174,8 @@ def logs(app, runner: str, follow: bool, tail: int | None) -> None:
         [current] = reconcile(conn, [get(conn, r.id)])
         return current.state not in ACTIVE
 
-    for chunk in logfiles.follow(path, start_at_end=True, stop=ended):
+    # resume where the tail stopped (from the top of a log that did not exist yet), so no output falls in between
+    for chunk in logfiles.follow(path, start_at_end=False, start=position, stop=ended):
         out.write(chunk)
         out.flush()
 
