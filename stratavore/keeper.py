@@ -257,13 +257,14 @@ class Keeper:
     # -- main loop -------------------------------------------------------------------------------
 
     def run(self) -> NoReturn:
+        # handlers first: once claimed, a `stop` may signal us at any moment
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
         if not self.claim():
             self.report(ok=False, error="the launch was abandoned before the keeper started")
             os._exit(0)
         procs.set_child_subreaper()
-        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, self._on_signal)
         self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
         try:
             self.listen()

@@ -37,15 +37,47 @@ def processes_of(home: str) -> list[psutil.Process]:
     return found
 
 
+def recorded_processes(home: str) -> list[psutil.Process]:
+    """Keepers and agents the database knows of. A keeper forked inside the test process carries the
+    environment pytest started with, so only its row can name it."""
+    import sqlite3
+
+    from stratavore import procs as sv_procs
+
+    db = Path(home) / "data" / "stratavore.db"
+    if not db.exists():
+        return []
+    found = []
+    try:
+        conn = sqlite3.connect(db, timeout=5)
+        rows = conn.execute("SELECT keeper_pid, keeper_started, agent_pid, agent_started FROM runners").fetchall()
+        conn.close()
+    except sqlite3.Error:
+        return []
+    for keeper_pid, keeper_started, agent_pid, agent_started in rows:
+        for pid, started in ((keeper_pid, keeper_started), (agent_pid, agent_started)):
+            if sv_procs.is_alive(pid, started):
+                try:
+                    found.append(psutil.Process(pid))
+                except psutil.Error:
+                    pass
+    return found
+
+
 def kill_all(home: str) -> list[int]:
-    procs = processes_of(home)
-    for proc in procs:
+    from stratavore import procs as sv_procs
+
+    targets = {p.pid: p for p in [*recorded_processes(home), *processes_of(home)]}
+    identities = []
+    for proc in targets.values():
         try:
+            identities.append((proc.pid, sv_procs.start_time(proc.pid)))
             proc.send_signal(signal.SIGKILL)
         except psutil.Error:
             pass
-    psutil.wait_procs(procs, timeout=5)
-    return [p.pid for p in procs]
+    # zombies count as gone: the sandbox's init may be slow to reap processes that are not ours
+    sv_procs.wait_gone(identities, timeout=5)
+    return list(targets)
 
 
 @pytest.fixture(autouse=True)
