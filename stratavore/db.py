@@ -90,6 +90,39 @@ MIGRATIONS: list[str] = [
         failures INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 2: agents, sessions, live agent status, worktrees
+    """
+    ALTER TABLE projects ADD COLUMN default_agent TEXT;
+    ALTER TABLE runners ADD COLUMN agent TEXT NOT NULL DEFAULT 'generic';
+    ALTER TABLE runners ADD COLUMN session_id TEXT;
+    ALTER TABLE runners ADD COLUMN agent_status TEXT;
+    ALTER TABLE runners ADD COLUMN agent_status_detail TEXT;
+    ALTER TABLE runners ADD COLUMN agent_status_at REAL;
+    ALTER TABLE runners ADD COLUMN last_output_at REAL;
+    ALTER TABLE runners ADD COLUMN worktree_path TEXT;
+    ALTER TABLE runners ADD COLUMN worktree_branch TEXT;
+    ALTER TABLE runners ADD COLUMN repo_path TEXT;
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        agent TEXT NOT NULL DEFAULT 'claude',
+        runner_id TEXT,
+        project_id INTEGER,
+        cwd TEXT NOT NULL,
+        transcript_path TEXT,
+        title TEXT,
+        status TEXT,
+        status_detail TEXT,
+        source TEXT,
+        parent_session_id TEXT,
+        started_at REAL,
+        last_activity_at REAL,
+        ended_at REAL,
+        end_reason TEXT,
+        version INTEGER NOT NULL DEFAULT 1
+    );
+    CREATE INDEX sessions_runner ON sessions(runner_id);
+    CREATE INDEX sessions_project ON sessions(project_id, last_activity_at);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
