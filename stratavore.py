@@ -1,6 +1,6 @@
 """Entry point of the stratavore command (also PyInstaller's)."""
 
-from stratavore.cli import main
+from stratavore.entry import main
 
 if __name__ == "__main__":
     main()

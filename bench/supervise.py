@@ -8,7 +8,7 @@ Five measures, each the median of several runs (every run starts from fresh, iso
   4. stopping COUNT until every supervised process (and, for Stratavore, every keeper) is gone;
   5. from `kill -9` of one agent until the supervisor's status shows the exit.
 
-Run:  python bench/supervise.py [--runs 3] [--count 100] [--kills 5] [--json]
+Run:  python bench/supervise.py [--runs 3] [--count 100] [--kills 5] [--only NAME ...] [--json]
 Only psutil and the standard library are used; supervisord and pm2 are optional (a missing one is
 skipped with a note). Everything started is cleaned up by pid, even when a measurement fails.
 """
@@ -759,6 +759,13 @@ def table(results: dict[str, Any], count: int) -> str:
     return "\n".join(lines)
 
 
+LEGEND = """\
+Stratavore memory: all keeper processes (one per runner), summed, divided by the count;
+supervisord and pm2 memory: the one daemon, divided by the count (the agents themselves are never counted).
+supervisord (default) is startsecs=1: a program counts as RUNNING only after 1 s up.
+Exit shown: Stratavore's sqlite row, supervisord's XML-RPC getProcessInfo, pm2's API list (as `pm2 jlist`), polled every 1 ms."""
+
+
 def notes_text(results: dict[str, Any]) -> str:
     lines = []
     for label, result in results.items():
@@ -766,6 +773,14 @@ def notes_text(results: dict[str, Any]) -> str:
             lines.append(f"{label}: skipped: {result['skipped']}")
         lines.extend(f"{label}: {note}" for note in result.get("notes", []))
     return "\n".join(lines)
+
+
+def machine_text(busy_before: float) -> str:
+    text = f"{os.cpu_count()} cores, {busy_before:.0f}% busy just before the run"
+    # the timings are only comparable on an otherwise idle machine
+    if busy_before > 25:
+        text += " (WARNING: the machine was busy before the run; timings are inflated)"
+    return text
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -790,15 +805,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     began = time.perf_counter()
+    # sampled over a second: the load average still remembers work that already ended
+    busy_before = psutil.cpu_percent(interval=1.0)
     results = benchmark(args)
     print(f"\nsupervising `{' '.join(AGENT)}`: median of {args.runs} run(s); {args.kills} single launches and kills per run")
     print(table(results, args.count))
+    print("\n" + LEGEND)
     notes = notes_text(results)
     if notes:
         print("\nnotes:\n" + notes)
-    print(f"\ntotal time {time.perf_counter() - began:.0f}s")
+    print(f"\ntotal time {time.perf_counter() - began:.0f}s; {machine_text(busy_before)}")
     if args.json:
-        print(json.dumps({"count": args.count, "runs": args.runs, "kills": args.kills, "results": results}, indent=2))
+        summary = {"count": args.count, "runs": args.runs, "kills": args.kills, "cpu_busy_before_percent": busy_before, "results": results}
+        print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -1,3 +1,3 @@
-from stratavore.cli import main
+from stratavore.entry import main
 
 main()

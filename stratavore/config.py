@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,11 @@ class Settings:
     detach_key: str = "ctrl-]"
     busy_timeout: float = 5.0
     launch_timeout: float = 10.0
+    claude_command: str = "claude"  # how to run Claude Code (a shell-style command line)
+    claude_config_dir: str = ""  # default: $CLAUDE_CONFIG_DIR, else ~/.claude
+    idle_after: float = 10.0  # agents without hooks count as idle after this long without output
+    # user-defined agent presets: name -> command template ([agents.NAME] command = [...] in config.toml)
+    agent_presets: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def validated(self) -> Settings:
         if self.restart not in RESTART_POLICIES:
@@ -53,7 +58,7 @@ class Settings:
         return self
 
 
-_FIELD_TYPES = {f.name: f.type for f in fields(Settings)}
+_FIELD_TYPES = {f.name: f.type for f in fields(Settings) if f.name != "agent_presets"}
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
@@ -87,6 +92,9 @@ def load_settings(config_file: Path, environ: dict[str, str] | None = None) -> S
             raise ConfigError(f"cannot read {config_file}: {e.strerror}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"invalid TOML in {config_file}: {e}") from None
+        presets = data.pop("agents", None)
+        if presets is not None:
+            values["agent_presets"] = _parse_presets(presets, config_file)
         for key, value in data.items():
             name = key.replace("-", "_")
             if name not in _FIELD_TYPES:
@@ -97,6 +105,24 @@ def load_settings(config_file: Path, environ: dict[str, str] | None = None) -> S
         if raw is not None:
             values[name] = _coerce(name, raw, f"STRATAVORE_{name.upper()}")
     return Settings(**values).validated()
+
+
+def _parse_presets(table: Any, source: Path) -> dict[str, tuple[str, ...]]:
+    from .names import validate_name
+
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [agents] must be a table of presets")
+    presets = {}
+    for name, preset in table.items():
+        try:
+            validate_name("agent preset", name)
+        except InvalidInput as e:
+            raise ConfigError(f"{source}: {e}") from None
+        command = preset.get("command") if isinstance(preset, dict) else None
+        if not isinstance(command, list) or not command or not all(isinstance(c, str) and c for c in command):
+            raise ConfigError(f'{source}: [agents.{name}] needs command = ["program", "arg", ...]')
+        presets[name] = tuple(command)
+    return presets
 
 
 def with_overrides(settings: Settings, **overrides: Any) -> Settings:

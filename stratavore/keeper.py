@@ -85,6 +85,7 @@ class Keeper:
         self.restart_at: float | None = None
         self.restarts = self.runner.restarts
         self.next_heartbeat = 0.0
+        self.last_output_at: float | None = None
         self.tree_procs: dict[int, Any] = {}
         self.log = RotatingLog(paths.runner_log(runner_id), settings.log_max_bytes, settings.log_backups)
         self.listener: socket.socket | None = None
@@ -344,6 +345,7 @@ class Keeper:
         self.output(data)
 
     def output(self, data: bytes) -> None:
+        self.last_output_at = time.time()
         self.log.write(data)
         self.replay += data
         if len(self.replay) > REPLAY_BYTES:
@@ -561,8 +563,24 @@ class Keeper:
         for straggler in procs.descendants(os.getpid()):
             procs.signal_pid(straggler, signal.SIGKILL)
 
+    def reap_stragglers(self, timeout: float = 1.0) -> None:
+        """Wait until the SIGKILLed rest of the tree is really gone (as subreaper, its processes are our
+        children), so that an ended runner never leaves a process behind for a moment."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                if time.monotonic() >= deadline:
+                    return
+                for straggler in procs.descendants(os.getpid()):
+                    procs.signal_pid(straggler, signal.SIGKILL)
+                time.sleep(0.005)
+
     def heartbeat(self) -> None:
-        values: dict[str, Any] = {"heartbeat_at": db.now()}
+        values: dict[str, Any] = {"heartbeat_at": db.now(), "last_output_at": self.last_output_at}
         if self.agent_pid:
             values.update(self.measure_tree())
         try:
@@ -606,6 +624,7 @@ class Keeper:
         if self.agent_pid:
             self.kill_tree()
             self.agent_pid = None
+        self.reap_stragglers()
         self.drain_master()
         values.setdefault("exit_code", None)
         values.setdefault("exit_signal", None)

@@ -8,7 +8,6 @@ the sockets, for homes whose paths are too long for a unix socket.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +69,8 @@ def _default_runtime_dir() -> Path:
     run_user = Path(f"/run/user/{os.getuid()}")
     if run_user.is_dir() and os.access(run_user, os.W_OK):
         return run_user / APP
+    import tempfile
+
     return Path(tempfile.gettempdir()) / f"{APP}-{os.getuid()}"
 
 

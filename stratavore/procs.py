@@ -200,7 +200,8 @@ def wait_gone(processes: Iterable[tuple[int, float | None]], timeout: float) -> 
         for fd, pid in list(fds.items()):
             if not is_alive(pid, pending.get(pid)):
                 pending.pop(pid, None)
-                os.close(fds.pop(fd))
+                fds.pop(fd)
+                os.close(fd)
     try:
         while pending:
             remaining = deadline - time.monotonic()
@@ -215,7 +216,8 @@ def wait_gone(processes: Iterable[tuple[int, float | None]], timeout: float) -> 
                 for fd, pid in list(fds.items()):
                     if not is_alive(pid, pending.get(pid)):
                         pending.pop(pid, None)
-                        os.close(fds.pop(fd))
+                        fds.pop(fd)
+                        os.close(fd)
             else:
                 time.sleep(min(remaining, 0.01))
                 pending = {p: s for p, s in pending.items() if is_alive(p, s)}

@@ -20,6 +20,7 @@ class Project:
     name: str
     path: str
     max_runners: int | None
+    default_agent: str | None
     created_at: float
     updated_at: float
     version: int
@@ -31,6 +32,7 @@ class Project:
             name=row["name"],
             path=row["path"],
             max_runners=row["max_runners"],
+            default_agent=row["default_agent"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             version=row["version"],
@@ -55,7 +57,14 @@ def _check_limit(max_runners: int | None) -> int | None:
     return max_runners or None
 
 
-def add(conn: sqlite3.Connection, name: str, path: str | os.PathLike[str], *, max_runners: int | None = None) -> Project:
+def add(
+    conn: sqlite3.Connection,
+    name: str,
+    path: str | os.PathLike[str],
+    *,
+    max_runners: int | None = None,
+    default_agent: str | None = None,
+) -> Project:
     validate_name("project", name)
     real_path = _check_path(path)
     limit = _check_limit(max_runners)
@@ -64,11 +73,18 @@ def add(conn: sqlite3.Connection, name: str, path: str | os.PathLike[str], *, ma
         if conn.execute("SELECT 1 FROM projects WHERE name=?", (name,)).fetchone():
             raise Conflict(f"project {name!r} already exists")
         cur = conn.execute(
-            "INSERT INTO projects(name, path, max_runners, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
-            (name, real_path, limit, now, now),
+            "INSERT INTO projects(name, path, max_runners, default_agent, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (name, real_path, limit, default_agent, now, now),
         )
-        project = Project(cur.lastrowid or 0, name, real_path, limit, now, now, 1)
-        events.append(conn, "project", name, 1, "project.added", {"name": name, "path": real_path, "max_runners": limit})
+        project = Project(cur.lastrowid or 0, name, real_path, limit, default_agent, now, now, 1)
+        events.append(
+            conn,
+            "project",
+            name,
+            1,
+            "project.added",
+            {"name": name, "path": real_path, "max_runners": limit, "default_agent": default_agent},
+        )
     return project
 
 
@@ -95,14 +111,17 @@ def update(
     *,
     path: str | os.PathLike[str] | None = None,
     max_runners: int | None = None,
+    default_agent: str | None = None,
 ) -> Project:
     changes: dict[str, Any] = {}
+    if default_agent is not None:
+        changes["default_agent"] = default_agent or None
     if path is not None:
         changes["path"] = _check_path(path)
     if max_runners is not None:
         changes["max_runners"] = _check_limit(max_runners)
     if not changes:
-        raise InvalidInput("nothing to change: give --path or --max-runners")
+        raise InvalidInput("nothing to change: give --path, --max-runners or --agent")
     with db.write(conn):
         project = get(conn, name)
         version = project.version + 1

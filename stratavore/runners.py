@@ -46,6 +46,15 @@ class Runner:
     rss_bytes: int | None
     process_count: int | None
     version: int
+    agent: str = "generic"
+    session_id: str | None = None
+    agent_status: str | None = None
+    agent_status_detail: str | None = None
+    agent_status_at: float | None = None
+    last_output_at: float | None = None
+    worktree_path: str | None = None
+    worktree_branch: str | None = None
+    repo_path: str | None = None
     project: str = ""
 
     @classmethod
@@ -160,6 +169,52 @@ def change_state(
     body.update(payload or {})
     events.append(conn, "runner", runner_id, version, f"runner.{new_state.value}", body)
     return get(conn, runner_id)
+
+
+AGENT_STATUSES = ("working", "waiting", "idle")
+
+
+def set_agent_status(
+    conn: sqlite3.Connection,
+    runner_id: str,
+    status: str,
+    detail: str | None = None,
+    *,
+    at: float | None = None,
+    payload: dict[str, Any] | None = None,
+) -> bool:
+    """Record what the agent is doing (working, waiting for the user, idle), inside the caller's transaction.
+
+    Only a change is an event (``runner.waiting`` ...): an agent that reports "waiting" on several
+    hooks alerts once. Returns True when the status changed.
+    """
+    if status not in AGENT_STATUSES:
+        raise ValueError(status)
+    if not conn.in_transaction:
+        raise RuntimeError("set_agent_status must run inside db.write()")
+    row = conn.execute(
+        "SELECT name, state, version, agent_status, agent_status_detail, agent_status_at, session_id FROM runners WHERE id=?",
+        (runner_id,),
+    ).fetchone()
+    when = db.now() if at is None else at
+    if row is None or RunnerState(row["state"]) not in ACTIVE:
+        return False
+    if row["agent_status_at"] is not None and when < row["agent_status_at"]:
+        return False  # an older report arriving late (a spooled hook) must not undo a newer one
+    if row["agent_status"] == status:
+        # same status, perhaps finer detail: no new event, so a wait alerts once
+        update_fields(conn, runner_id, agent_status_detail=detail or row["agent_status_detail"], agent_status_at=when)
+        return False
+    version = row["version"] + 1
+    update_fields(conn, runner_id, agent_status=status, agent_status_detail=detail, agent_status_at=when, version=version)
+    body: dict[str, Any] = {"name": row["name"], "status": status, "previous": row["agent_status"]}
+    if detail:
+        body["detail"] = detail
+    if row["session_id"]:
+        body["session_id"] = row["session_id"]
+    body.update(payload or {})
+    events.append(conn, "runner", runner_id, version, f"runner.{status}", body, at=when)
+    return True
 
 
 def insert(conn: sqlite3.Connection, runner: dict[str, Any]) -> None:

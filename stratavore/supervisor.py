@@ -19,10 +19,10 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import db, events, procs, projects
+from . import agents, db, events, procs, projects, sessions, worktrees
 from .config import RESTART_POLICIES, Settings, parse_signal
 from .context import Context
-from .errors import Conflict, InvalidInput, LaunchFailed, QuotaExceeded
+from .errors import Conflict, InvalidInput, LaunchFailed, NotFound, QuotaExceeded
 from .logs import log_files
 from .names import validate_name
 from .reconcile import reconcile
@@ -43,6 +43,9 @@ class LaunchOptions:
     max_restarts: int | None = None
     stop_signal: str | None = None
     stop_timeout: float | None = None
+    agent: str | None = None  # default: the project's default agent, else the command as given
+    worktree: str | None = None  # "" for a generated name
+    resume_session: str | None = None
 
 
 @dataclass
@@ -52,15 +55,16 @@ class LaunchResult:
 
 
 def launch(ctx: Context, project_name: str, command: list[str], options: LaunchOptions | None = None) -> LaunchResult:
+    """Launch runners of ``command`` (or of an agent, with ``command`` as its extra arguments) in a project."""
     opts = options or LaunchOptions()
-    if not command:
-        raise InvalidInput("no command given: put it after `--`, e.g. `stratavore launch web -- bash`")
     if opts.count < 1:
         raise InvalidInput("--count must be at least 1")
     if opts.name is not None:
         validate_name("runner", opts.name)
         if opts.count > 1:
             raise InvalidInput("--name names one runner; drop it or use --count 1")
+    if opts.worktree is not None and opts.count > 1:
+        raise InvalidInput("--worktree gives one runner its own checkout; launch runners one at a time")
     settings = ctx.settings
     restart = opts.restart or settings.restart
     if restart not in RESTART_POLICIES:
@@ -73,15 +77,48 @@ def launch(ctx: Context, project_name: str, command: list[str], options: LaunchO
     if stop_timeout < 0:
         raise InvalidInput("--stop-timeout must not be negative")
     conn = ctx.conn
+    project = projects.get(conn, project_name)
+    agent = opts.agent or project.default_agent or "generic"
+    if agent == "generic" and not command:
+        raise InvalidInput("no command given: put it after `--`, e.g. `stratavore launch web -- bash`, or use --agent")
+    cwd = opts.cwd or project.path
+    worktree = None
+    if opts.worktree is not None:
+        # git runs before the launch transaction, which must never wait on a process
+        name = opts.worktree or f"{project.name}-{uuid.uuid4().hex[:6]}"
+        worktree, cwd = worktrees.create(cwd, ctx.paths.data_dir / "worktrees" / project.name, name)
+    try:
+        ids = _insert_runners(ctx, project_name, command, opts, agent, cwd, worktree, restart, max_restarts, stop_signal, stop_timeout)
+    except BaseException:
+        if worktree is not None:
+            worktrees.discard_new(worktree)
+        raise
+    return _start_keepers(ctx, ids)
+
+
+def _insert_runners(
+    ctx: Context,
+    project_name: str,
+    command: list[str],
+    opts: LaunchOptions,
+    agent: str,
+    cwd: str,
+    worktree: worktrees.Worktree | None,
+    restart: str,
+    max_restarts: int,
+    stop_signal: str,
+    stop_timeout: float,
+) -> list[str]:
+    """Write the runner rows, their sessions and events in one transaction that also checks the quotas."""
+    conn = ctx.conn
     launcher_pid, launcher_started = procs.identity()
     boot = procs.boot_id()
     ids: list[str] = []
     with db.write(conn):
         project = projects.get(conn, project_name)
-        cwd = opts.cwd or project.path
         if not Path(cwd).is_dir():
             raise InvalidInput(f"working directory {cwd!r} does not exist")
-        _check_quota(conn, settings, project, opts.count)
+        _check_quota(conn, ctx.settings, project, opts.count)
         number = conn.execute("SELECT next_runner_number FROM projects WHERE id=?", (project.id,)).fetchone()[0]
         now = db.now()
         for _ in range(opts.count):
@@ -95,6 +132,7 @@ def launch(ctx: Context, project_name: str, command: list[str], options: LaunchO
                     number += 1
                     if not conn.execute("SELECT 1 FROM runners WHERE name=?", (name,)).fetchone():
                         break
+            plan = agents.plan_launch(agent, command, ctx.settings, runner_name=name, cwd=str(cwd), resume_session=opts.resume_session)
             runner_id = uuid.uuid4().hex
             insert(
                 conn,
@@ -102,9 +140,9 @@ def launch(ctx: Context, project_name: str, command: list[str], options: LaunchO
                     "id": runner_id,
                     "name": name,
                     "project_id": project.id,
-                    "command": json.dumps(command),
+                    "command": json.dumps(plan.command),
                     "cwd": str(cwd),
-                    "env": json.dumps(opts.env),
+                    "env": json.dumps({**plan.env, **opts.env}),
                     "state": S.STARTING.value,
                     "restart_policy": restart,
                     "max_restarts": max_restarts,
@@ -114,19 +152,29 @@ def launch(ctx: Context, project_name: str, command: list[str], options: LaunchO
                     "launcher_pid": launcher_pid,
                     "launcher_started": launcher_started,
                     "created_at": now,
+                    "agent": plan.agent,
+                    "session_id": plan.session_id,
+                    "worktree_path": worktree.path if worktree else None,
+                    "worktree_branch": worktree.branch if worktree else None,
+                    "repo_path": worktree.repo if worktree else None,
                 },
             )
-            events.append(
-                conn,
-                "runner",
-                runner_id,
-                1,
-                "runner.created",
-                {"name": name, "project": project.name, "command": command, "cwd": str(cwd), "restart": restart},
-            )
+            payload = {"name": name, "project": project.name, "command": plan.command, "cwd": str(cwd), "restart": restart}
+            payload.update({"agent": plan.agent, "session_id": plan.session_id})
+            if worktree:
+                payload.update(worktree=worktree.path, branch=worktree.branch)
+            events.append(conn, "runner", runner_id, 1, "runner.created", payload)
+            if plan.session_id:
+                sessions.record_launch(
+                    conn,
+                    get(conn, runner_id),
+                    plan.session_id,
+                    plan.transcript_path,
+                    "resume" if opts.resume_session else "startup",
+                )
             ids.append(runner_id)
         conn.execute("UPDATE projects SET next_runner_number=? WHERE id=?", (number, project.id))
-    return _start_keepers(ctx, ids)
+    return ids
 
 
 def _check_quota(conn, settings: Settings, project: projects.Project, wanted: int) -> None:
@@ -332,19 +380,26 @@ def restart(ctx: Context, runner: Runner) -> Runner:
     return result.started[0]
 
 
-def remove(ctx: Context, runner: Runner, *, force: bool = False) -> Runner:
-    """Delete an ended runner's row and logs; an active one only with ``force`` (it is stopped first)."""
+def remove(ctx: Context, runner: Runner, *, force: bool = False, remove_worktree: bool = False) -> Runner:
+    """Delete an ended runner's row and logs; an active one only with ``force`` (it is stopped first).
+
+    With ``remove_worktree`` its git worktree goes too, but never with uncommitted work in it unless
+    ``force`` (the branch and its commits always stay).
+    """
     conn = ctx.conn
     [runner] = reconcile(conn, [runner])
     if runner.state in ACTIVE:
         if not force:
             raise Conflict(f"runner {runner.name!r} is {runner.state}; stop it first or use --force")
         stop(ctx, [runner])
+    if remove_worktree and runner.worktree_path and runner.repo_path:
+        worktrees.remove(worktrees.Worktree(runner.worktree_path, runner.worktree_branch or "", runner.repo_path), force=force)
     with db.write(conn):
         current = get(conn, runner.id)
         if current.state in ACTIVE:
             raise Conflict(f"runner {runner.name!r} is still {current.state}")
         conn.execute("DELETE FROM runners WHERE id=?", (runner.id,))
+        conn.execute("UPDATE sessions SET runner_id=NULL WHERE runner_id=?", (runner.id,))
         events.append(conn, "runner", runner.id, current.version + 1, "runner.removed", {"name": runner.name})
     delete_files(ctx, [runner.id])
     return runner
@@ -372,3 +427,42 @@ def remove_project(ctx: Context, name: str, *, force: bool = False) -> projects.
 
 def resolve(ctx: Context, refs: list[str]) -> list[Runner]:
     return [find(ctx.conn, ref) for ref in refs]
+
+
+def resume(ctx: Context, session_id: str, *, name: str | None = None, user_args: list[str] | None = None) -> LaunchResult:
+    """Continue a Claude session in a new runner, in the session's recorded directory."""
+    from .agents.claude import transcript_path
+
+    conn = ctx.conn
+    try:
+        session = sessions.get(conn, session_id)
+        cwd, transcript, project_id = session.cwd, session.transcript_path, session.project_id
+        session_id = session.id
+    except NotFound:
+        external = [s for s in sessions.discover_external(ctx.settings, set()) if s.id == session_id]
+        if not external:
+            raise
+        cwd, transcript, project_id = external[0].cwd, external[0].transcript_path, None
+    if not cwd or not Path(cwd).is_dir():
+        raise InvalidInput(f"session {session_id} ran in {cwd or 'an unknown directory'}, which no longer exists")
+    transcript = transcript or str(transcript_path(ctx.settings, cwd, session_id))
+    if not Path(transcript).is_file():
+        raise NotFound(f"session {session_id} has no transcript at {transcript}; it cannot be resumed")
+    busy = [r for r in list_runners(conn) if r.session_id == session_id]
+    if busy:
+        raise Conflict(f"session {session_id} is already running in {busy[0].name}")
+    project = _project_for(conn, project_id, cwd)
+    options = LaunchOptions(name=name, agent="claude", cwd=cwd, resume_session=session_id)
+    return launch(ctx, project.name, list(user_args or []), options)
+
+
+def _project_for(conn, project_id: int | None, cwd: str) -> projects.Project:
+    candidates = projects.list_projects(conn)
+    for project in candidates:
+        if project.id == project_id:
+            return project
+    real = os.path.realpath(cwd)
+    containing = [p for p in candidates if real == p.path or real.startswith(p.path.rstrip("/") + "/")]
+    if not containing:
+        raise InvalidInput(f"no project contains {cwd}; add one with `stratavore project add NAME {cwd}`")
+    return max(containing, key=lambda p: len(p.path))

@@ -67,7 +67,7 @@ def test_command_not_found_is_recorded_as_failed(sv, project):
 
 def test_missing_command(sv, project):
     assert_clean_error(sv("launch", "web", "--count", "0", "--", "true"), ExitCode.INVALID_INPUT, "--count")
-    assert_clean_error(sv("launch", "web"), 2, "Missing argument 'COMMAND...'")
+    assert_clean_error(sv("launch", "web"), 2, "no command given")
     assert_clean_error(sv("launch", "web", "--count", "x", "--", "true"), 2, "'x' is not a valid integer")
 
 

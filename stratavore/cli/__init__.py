@@ -76,4 +76,4 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(result if isinstance(result, int) else 0)
 
 
-from . import project_cmds, runner_cmds, system_cmds  # noqa: E402,F401  (commands register on import)
+from . import project_cmds, runner_cmds, session_cmds, system_cmds  # noqa: E402,F401  (commands register on import)

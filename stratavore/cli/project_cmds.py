@@ -7,6 +7,7 @@ import click
 from .. import projects, supervisor
 from . import cli, pass_app
 from .render import emit_json, table
+from .runner_cmds import _check_agent
 
 
 @cli.group("project")
@@ -18,11 +19,13 @@ def project() -> None:
 @click.argument("name")
 @click.argument("path")
 @click.option("--max-runners", type=int, default=None, help="Most runners active at once in this project (0: no limit).")
+@click.option("--agent", default=None, help="Default agent for launches in this project (e.g. claude).")
 @click.option("--json", "as_json", is_flag=True, help="Print the project as JSON.")
 @pass_app
-def project_add(app, name: str, path: str, max_runners: int | None, as_json: bool) -> None:
+def project_add(app, name: str, path: str, max_runners: int | None, agent: str | None, as_json: bool) -> None:
     """Register directory PATH as project NAME."""
-    p = projects.add(app.get().conn, name, path, max_runners=max_runners)
+    ctx = app.get()
+    p = projects.add(ctx.conn, name, path, max_runners=max_runners, default_agent=_check_agent(ctx, agent))
     if as_json:
         emit_json(p.to_dict())
     else:
@@ -60,18 +63,23 @@ def project_show(app, name: str, as_json: bool) -> None:
     if as_json:
         emit_json({**p.to_dict(), "active_runners": active})
         return
-    click.echo(f"name:         {p.name}\npath:         {p.path}\nmax runners:  {p.max_runners or 'no limit'}\nactive:       {active}")
+    click.echo(
+        f"name:         {p.name}\npath:         {p.path}\nmax runners:  {p.max_runners or 'no limit'}\n"
+        f"agent:        {p.default_agent or '-'}\nactive:       {active}"
+    )
 
 
 @project.command("set")
 @click.argument("name")
 @click.option("--path", default=None, help="Move the project to this directory.")
 @click.option("--max-runners", type=int, default=None, help="New runner limit (0: no limit).")
+@click.option("--agent", default=None, help="New default agent ('' for none).")
 @pass_app
-def project_set(app, name: str, path: str | None, max_runners: int | None) -> None:
-    """Change a project's path or runner limit."""
-    p = projects.update(app.get().conn, name, path=path, max_runners=max_runners)
-    click.echo(f"Updated project {p.name}: path {p.path}, max runners {p.max_runners or 'no limit'}")
+def project_set(app, name: str, path: str | None, max_runners: int | None, agent: str | None) -> None:
+    """Change a project's path, runner limit or default agent."""
+    ctx = app.get()
+    p = projects.update(ctx.conn, name, path=path, max_runners=max_runners, default_agent=_check_agent(ctx, agent or None) or agent)
+    click.echo(f"Updated project {p.name}: path {p.path}, max runners {p.max_runners or 'no limit'}, agent {p.default_agent or 'none'}")
 
 
 @project.command("rm")

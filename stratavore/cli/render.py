@@ -57,10 +57,18 @@ def state_text(runner: Runner) -> str:
         if runner.state == RunnerState.BACKOFF:
             return f"backoff ({detail}, restart {runner.restarts})"
         return f"{runner.state} ({detail})" if detail else str(runner.state)
+    if runner.state == RunnerState.RUNNING and runner.agent_status:
+        # what the agent is doing matters more than "running": working, waiting for you, idle
+        detail = f": {runner.agent_status_detail}" if runner.agent_status_detail else ""
+        return f"{runner.agent_status}{detail}"
     return str(runner.state)
 
 
 def command_text(command: list[str], width: int = 40) -> str:
+    if "--settings" in command:
+        # the per-run hook settings are long and the same for every Claude runner
+        at = command.index("--settings")
+        command = command[:at] + command[at + 2 :]
     text = shlex.join(command)
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -78,6 +86,7 @@ def runner_rows(runners: Sequence[Runner], now: float | None = None) -> str:
                 r.name,
                 r.short_id,
                 r.project,
+                r.agent,
                 state_text(r),
                 r.agent_pid if r.state in ACTIVE else "-",
                 age,
@@ -87,7 +96,7 @@ def runner_rows(runners: Sequence[Runner], now: float | None = None) -> str:
                 command_text(r.command),
             ]
         )
-    return table(["NAME", "ID", "PROJECT", "STATE", "PID", "UPTIME", "CPU", "MEM", "RESTARTS", "COMMAND"], rows)
+    return table(["NAME", "ID", "PROJECT", "AGENT", "STATUS", "PID", "UPTIME", "CPU", "MEM", "RESTARTS", "COMMAND"], rows)
 
 
 def runner_json(runner: Runner, now: float | None = None) -> dict[str, Any]:

@@ -9,12 +9,14 @@ import click
 
 from .. import logs as logfiles
 from .. import supervisor
+from ..agents import agent_names
 from ..attach import attach as attach_terminal
 from ..attach import connect, describe_key
 from ..config import parse_detach_key
 from ..errors import Conflict, ExitCode, InvalidInput
 from ..reconcile import reconcile
 from ..runners import Runner, exit_description, find, get, list_runners
+from ..sessions import refresh_statuses
 from ..states import ACTIVE
 from . import cli, pass_app
 from .render import emit_json, runner_json, runner_rows, state_text
@@ -30,9 +32,25 @@ def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
     return env
 
 
+def _check_agent(ctx, agent: str | None) -> str | None:
+    if agent is not None and agent not in agent_names(ctx.settings):
+        raise InvalidInput(f"unknown agent {agent!r}; known: {', '.join(agent_names(ctx.settings))}")
+    return agent
+
+
 @cli.command("launch")
 @click.argument("project")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--agent", default=None, help="Agent adapter: claude, codex, aider, gemini, a preset from config, or generic.")
+@click.option(
+    "-w",
+    "--worktree",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[NAME]",
+    help="Run in a new git worktree on branch stratavore/NAME (a name is generated if omitted).",
+)
 @click.option("--name", default=None, help="Runner name (default: PROJECT-N).")
 @click.option("-n", "--count", type=int, default=1, show_default=True, help="How many runners to launch.")
 @click.option("--cwd", type=click.Path(file_okay=False), default=None, help="Working directory (default: the project's path).")
@@ -50,6 +68,8 @@ def launch(
     app,
     project: str,
     command: tuple[str, ...],
+    agent,
+    worktree,
     name,
     count,
     cwd,
@@ -63,8 +83,9 @@ def launch(
 ) -> int:
     """Launch COMMAND as supervised runner(s) in PROJECT.
 
-    Put the command after `--` when it has options of its own:
-    `stratavore launch web -- claude --model opus`.
+    Put the command after `--` when it has options of its own: `stratavore launch web -- python agent.py -v`.
+    With --agent, the words after `--` are the agent's own arguments:
+    `stratavore launch web --agent claude -- --model opus`.
     """
     ctx = app.get()
     options = supervisor.LaunchOptions(
@@ -76,6 +97,8 @@ def launch(
         max_restarts=max_restarts,
         stop_signal=stop_signal,
         stop_timeout=stop_timeout,
+        agent=_check_agent(ctx, agent),
+        worktree=worktree,
     )
     result = supervisor.launch(ctx, project, list(command), options)
     if as_json:
@@ -108,6 +131,8 @@ def ps(app, include_ended: bool, project: str | None, as_json: bool) -> None:
 
         get_project(conn, project)
     runners = reconcile(conn, list_runners(conn, project=project, include_ended=include_ended))
+    refresh_statuses(conn, app.get().settings, runners)
+    runners = [get(conn, r.id) for r in runners]
     if not include_ended:
         runners = [r for r in runners if r.state in ACTIVE]
     if as_json:
@@ -253,11 +278,25 @@ def restart(app, runners: tuple[str, ...], as_json: bool) -> None:
 
 @cli.command("rm")
 @click.argument("runners", nargs=-1, required=True)
-@click.option("-f", "--force", is_flag=True, help="Stop active runners first.")
+@click.option("-f", "--force", is_flag=True, help="Stop active runners first; remove worktrees even with uncommitted work.")
+@click.option(
+    "--worktree/--keep-worktree",
+    "remove_worktree",
+    default=None,
+    help="Also remove the runner's git worktree (its branch stays). Asked interactively when not given.",
+)
 @pass_app
-def rm(app, runners: tuple[str, ...], force: bool) -> None:
-    """Remove ended runners and their logs."""
+def rm(app, runners: tuple[str, ...], force: bool, remove_worktree: bool | None) -> None:
+    """Remove ended runners and their logs (and, if asked, their worktrees)."""
     ctx = app.get()
     for r in supervisor.resolve(ctx, list(runners)):
-        supervisor.remove(ctx, r, force=force)
+        drop_tree = remove_worktree
+        if r.worktree_path and drop_tree is None:
+            drop_tree = sys.stdin.isatty() and click.confirm(f"Remove {r.name}'s worktree {r.worktree_path}?", default=False)
+        supervisor.remove(ctx, r, force=force, remove_worktree=bool(drop_tree))
         click.echo(f"Removed {r.name}")
+        if r.worktree_path:
+            if drop_tree:
+                click.echo(f"Removed worktree {r.worktree_path} (branch {r.worktree_branch} kept)")
+            else:
+                click.echo(f"Kept worktree {r.worktree_path} (branch {r.worktree_branch})")
