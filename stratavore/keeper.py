@@ -19,6 +19,7 @@ import errno
 import fcntl
 import json
 import os
+import random
 import selectors
 import signal
 import socket
@@ -32,6 +33,7 @@ from typing import Any, NoReturn
 
 from . import db, procs, protocol
 from .config import Settings, parse_signal
+from .errors import DatabaseBusy
 from .logs import RotatingLog
 from .paths import Paths
 from .runners import Runner, change_state, get, update_fields
@@ -55,6 +57,10 @@ RESET_SIGNALS = (
 )
 
 
+class Abandoned(Exception):
+    """The runner's row no longer wants this agent (the launch was given up, or it was stopped)."""
+
+
 class Client:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -69,7 +75,8 @@ class Keeper:
         self.settings = settings
         self.runner_id = runner_id
         self.report_fd = report_fd
-        self.conn: sqlite3.Connection = db.connect(paths.db_path, busy_timeout=settings.busy_timeout)
+        # a short busy timeout: transact() retries in short jittered steps instead (see there)
+        self.conn: sqlite3.Connection = db.connect(paths.db_path, busy_timeout=0.01, migrate=False)
         self.runner: Runner = get(self.conn, runner_id)
         self.sel = selectors.DefaultSelector()
         self.clients: dict[int, Client] = {}
@@ -90,6 +97,9 @@ class Keeper:
         self.log = RotatingLog(paths.runner_log(runner_id), settings.log_max_bytes, settings.log_backups)
         self.listener: socket.socket | None = None
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.identity = procs.identity()
+        self.subreaper = False
+        self.cpu_sample: tuple[float, float] | None = None  # (cpu seconds of the tree, monotonic time)
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -100,20 +110,35 @@ class Keeper:
         except OSError:
             pass
 
-    def transact(self, fn, *, attempts: int = 20) -> Any:
-        """Run ``fn`` in a write transaction, retrying while the database is busy."""
-        delay = 0.05
-        for attempt in range(attempts):
+    def transact(self, fn, *, durable: bool = True, patience: float = 60.0) -> Any:
+        """Run ``fn`` in a write transaction, retrying while the database is busy.
+
+        The connection does not wait inside SQLite (whose busy handler sleeps in coarse, growing
+        steps): with a hundred keepers starting at once, short jittered retries here keep each
+        turn at the write lock close to the time the writes really take. ``durable=False`` skips
+        the fsync for bookkeeping that is meaningless after a power cut anyway (pids).
+        """
+        deadline = time.monotonic() + patience
+        delay = 0.0005
+        while True:
             try:
-                with db.write(self.conn):
-                    return fn()
-            except Exception as e:  # noqa: BLE001 - a keeper outlives its bookkeeping failures
-                if attempt == attempts - 1:
-                    self.diagnose(f"giving up on a database write: {e}")
+                if not durable:
+                    self.conn.execute("PRAGMA synchronous=NORMAL")
+                try:
+                    with db.write(self.conn):
+                        return fn()
+                finally:
+                    if not durable:
+                        self.conn.execute("PRAGMA synchronous=FULL")
+            except DatabaseBusy:
+                if time.monotonic() > deadline:
+                    self.diagnose("giving up on a database write: the database stayed locked")
                     return None
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        return None
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 1.5, 0.05)
+            except Exception as e:  # noqa: BLE001 - a keeper outlives its bookkeeping failures
+                self.diagnose(f"giving up on a database write: {e}")
+                return None
 
     def report(self, **data: Any) -> None:
         if self.report_fd is None:
@@ -126,19 +151,6 @@ class Keeper:
         self.report_fd = None
 
     # -- start-up --------------------------------------------------------------------------------
-
-    def claim(self) -> bool:
-        """Record this keeper on the row, unless the launch was given up meanwhile."""
-        me, started = procs.identity()
-
-        def work() -> bool:
-            cur = self.conn.execute(
-                "UPDATE runners SET keeper_pid=?, keeper_started=? WHERE id=? AND state=? AND keeper_pid IS NULL",
-                (me, started, self.runner_id, S.STARTING.value),
-            )
-            return cur.rowcount == 1
-
-        return bool(self.transact(work))
 
     def listen(self) -> None:
         path = self.paths.runner_socket(self.runner_id)
@@ -211,7 +223,7 @@ class Keeper:
         os.close(go_r)
         os.close(err_w)
         started = procs.start_time(pid)
-        recorded = self.transact(lambda: self._record_agent(pid, started))
+        recorded = self.transact(lambda: self._record_agent(pid, started), durable=False)
         os.write(go_w, b"g" if recorded else b"n")
         os.close(go_w)
         failure = _read_all(err_r).decode(errors="replace")
@@ -219,7 +231,7 @@ class Keeper:
         if not recorded:
             os.close(master)
             os.waitpid(pid, 0)
-            return "launch was abandoned"
+            raise Abandoned()
         if failure:
             os.close(master)
             os.waitpid(pid, 0)
@@ -232,11 +244,17 @@ class Keeper:
         return None
 
     def _record_agent(self, pid: int, started: float | None) -> bool:
-        row = self.conn.execute("SELECT state FROM runners WHERE id=?", (self.runner_id,)).fetchone()
-        if row is None or row["state"] not in (S.STARTING.value, S.BACKOFF.value):
-            return False
-        update_fields(self.conn, self.runner_id, agent_pid=pid, agent_started=started)
-        return True
+        """Claim the row for this keeper and record the agent, before the agent may run.
+
+        A first start claims a row still ``starting`` that no keeper claimed (the launch was not
+        given up meanwhile); a restart needs the row still ``backoff`` and ours.
+        """
+        cur = self.conn.execute(
+            "UPDATE runners SET keeper_pid=?, keeper_started=?, agent_pid=?, agent_started=? WHERE id=?"
+            " AND ((state=? AND keeper_pid IS NULL) OR (state=? AND keeper_pid=?))",
+            (*self.identity, pid, started, self.runner_id, S.STARTING.value, S.BACKOFF.value, self.identity[0]),
+        )
+        return cur.rowcount == 1
 
     def mark_running(self) -> None:
         self.runner = (
@@ -262,16 +280,19 @@ class Keeper:
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
-        if not self.claim():
-            self.report(ok=False, error="the launch was abandoned before the keeper started")
-            os._exit(0)
-        procs.set_child_subreaper()
+        self.subreaper = procs.set_child_subreaper()
         self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
         try:
             self.listen()
         except OSError as e:
             self.fail(f"cannot listen on the attach socket: {e.strerror}")
-        failure = self.spawn()
+        try:
+            failure = self.spawn()
+        except Abandoned:
+            # reconciliation gave the launch up (its launcher died) before we could claim it
+            self.paths.runner_socket(self.runner_id).unlink(missing_ok=True)
+            self.report(ok=False, error="the launch was abandoned before the keeper started")
+            os._exit(0)
         if failure:
             self.fail(failure)
         self.mark_running()
@@ -527,7 +548,10 @@ class Keeper:
         self.finish(S.EXITED, exit_code=exit_code, exit_signal=exit_signal)
 
     def respawn(self) -> None:
-        failure = self.spawn()
+        try:
+            failure = self.spawn()
+        except Abandoned:
+            failure = "the runner changed state while waiting to restart"
         if failure:
             self.fail(failure)
         self.mark_running()
@@ -559,8 +583,10 @@ class Keeper:
         pid = pid or self.agent_pid
         if pid:
             procs.signal_group(pid, signal.SIGKILL)
-            procs.kill_tree(pid, started or self.agent_started)
-        for straggler in procs.descendants(os.getpid()):
+            if not self.subreaper:
+                # without subreaping, stragglers that lost their parent are found by a full scan
+                procs.kill_tree(pid, started or self.agent_started)
+        for straggler in procs.tree(os.getpid()):
             procs.signal_pid(straggler, signal.SIGKILL)
 
     def reap_stragglers(self, timeout: float = 1.0) -> None:
@@ -575,7 +601,7 @@ class Keeper:
             if pid == 0:
                 if time.monotonic() >= deadline:
                     return
-                for straggler in procs.descendants(os.getpid()):
+                for straggler in procs.tree(os.getpid()):
                     procs.signal_pid(straggler, signal.SIGKILL)
                 time.sleep(0.005)
 
@@ -583,16 +609,25 @@ class Keeper:
         values: dict[str, Any] = {"heartbeat_at": db.now(), "last_output_at": self.last_output_at}
         if self.agent_pid:
             values.update(self.measure_tree())
-        try:
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-            with db.write(self.conn):
-                update_fields(self.conn, self.runner_id, **values)
-        except Exception as e:  # noqa: BLE001 - liveness is best effort
-            self.diagnose(f"heartbeat not recorded: {e}")
-        finally:
-            self.conn.execute("PRAGMA synchronous=FULL")
+        # liveness is best effort: never wait long for it, and never fsync it
+        self.transact(lambda: update_fields(self.conn, self.runner_id, **values), durable=False, patience=1.0)
 
     def measure_tree(self) -> dict[str, Any]:
+        """CPU (percent since the last heartbeat), resident memory and process count of the agent's tree."""
+        if not procs.LINUX:
+            return self._measure_tree_psutil()
+        assert self.agent_pid is not None
+        members = [self.agent_pid, *procs.tree(self.agent_pid)]
+        cpu_seconds, rss, count = procs.usage_sample(members)
+        now = time.monotonic()
+        cpu = 0.0
+        if self.cpu_sample is not None and now > self.cpu_sample[1]:
+            # a child that exited takes its CPU time with it; never report a negative share
+            cpu = max(0.0, (cpu_seconds - self.cpu_sample[0]) / (now - self.cpu_sample[1]) * 100)
+        self.cpu_sample = (cpu_seconds, now)
+        return {"cpu_percent": round(cpu, 1), "rss_bytes": rss, "process_count": count}
+
+    def _measure_tree_psutil(self) -> dict[str, Any]:
         import psutil
 
         try:

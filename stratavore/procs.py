@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 LINUX = sys.platform.startswith("linux")
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _btime: float | None = None
 # two reads of the same process's start time agree exactly; this only absorbs float rounding
 START_TIME_TOLERANCE = 0.05
@@ -88,6 +89,55 @@ def identity(pid: int | None = None) -> tuple[int, float]:
     if started is None:
         raise ProcessLookupError(pid)
     return pid, started
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid``."""
+    if LINUX:
+        found: list[int] = []
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return []
+        for tid in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    found.extend(int(x) for x in f.read().split())
+            except (OSError, ValueError):
+                continue
+        return found
+    import psutil
+
+    try:
+        return [p.pid for p in psutil.Process(pid).children()]
+    except psutil.Error:
+        return []
+
+
+def tree(pid: int) -> list[int]:
+    """Every process below ``pid``, read from /proc without a full process scan."""
+    if not LINUX or not os.path.exists(f"/proc/{pid}/task/{pid}/children"):
+        return descendants(pid)
+    out: list[int] = []
+    frontier = [pid]
+    while frontier:
+        below = [c for p in frontier for c in children(p)]
+        out.extend(below)
+        frontier = below
+    return out
+
+
+def usage_sample(pids: list[int]) -> tuple[float, int, int]:
+    """CPU seconds used so far, resident bytes and live process count of ``pids`` (Linux /proc)."""
+    cpu_ticks, rss_pages, count = 0, 0, 0
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields is None or fields[0] in ("Z", "X"):
+            continue
+        count += 1
+        cpu_ticks += int(fields[11]) + int(fields[12])
+        rss_pages += int(fields[21])
+    return cpu_ticks / _CLK_TCK, rss_pages * _PAGE_SIZE, count
 
 
 def descendants(pid: int) -> list[int]:

@@ -211,7 +211,8 @@ def _start_keepers(ctx: Context, runner_ids: list[str]) -> LaunchResult:
     for runner_id in runner_ids:
         runner = get(conn, runner_id)
         error = outcome.get(runner_id)
-        if error is None and runner.state in ACTIVE:
+        # a reported start is a start, even if a quick command has already ended since
+        if error is None and runner.started_at is not None:
             started.append(runner)
         else:
             failed.append((runner, runner.reason or error or f"runner is {runner.state}"))
@@ -223,20 +224,22 @@ def _start_keepers(ctx: Context, runner_ids: list[str]) -> LaunchResult:
 
 
 def _fork_keeper(ctx: Context, runner_id: str, become_keeper) -> int:
+    """Fork a keeper into a session of its own; returns the read end of its report pipe.
+
+    One fork, not the classic two: the keeper never opens a terminal that could become its
+    controlling one (openpty opens with O_NOCTTY), and when this process exits, init or the
+    nearest subreaper adopts it. A second fork per runner would double the cost of a launch.
+    """
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             os.close(read_fd)
             os.setsid()
-            # a second fork: the keeper is no session leader, and init (or a subreaper) adopts it
-            if os.fork() != 0:
-                os._exit(0)
             become_keeper(ctx.paths, ctx.settings, runner_id, write_fd)  # never returns
         finally:
             os._exit(1)
     os.close(write_fd)
-    os.waitpid(pid, 0)
     return read_fd
 
 

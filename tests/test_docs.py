@@ -11,8 +11,10 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
 
 def _commands(group: click.Group, prefix: str = ""):
-    for name, command in group.commands.items():
-        if command.hidden:
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        if command is None or command.hidden:
             continue
         path = f"{prefix}{name}"
         yield path, command

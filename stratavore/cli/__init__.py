@@ -11,11 +11,41 @@ from .. import __version__
 from ..context import Context
 from ..errors import ExitCode, StratavoreError
 
+# command name -> the module that defines it; modules load only when their command runs, so a
+# launch does not pay for importing every other command
+LAZY_COMMANDS = {
+    "project": "project_cmds",
+    "launch": "runner_cmds",
+    "ps": "runner_cmds",
+    "attach": "runner_cmds",
+    "logs": "runner_cmds",
+    "stop": "runner_cmds",
+    "kill": "runner_cmds",
+    "restart": "runner_cmds",
+    "rm": "runner_cmds",
+    "sessions": "session_cmds",
+    "session": "session_cmds",
+    "resume": "session_cmds",
+    "events": "system_cmds",
+    "daemon": "system_cmds",
+    "demo": "system_cmds",
+    "demo-agent": "system_cmds",
+    "config": "system_cmds",
+    "completion": "system_cmds",
+}
+
 
 class Root(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        # keep the order a newcomer meets the commands in
-        return list(self.commands)
+        # the order a newcomer meets the commands in, then any registered elsewhere
+        return list(dict.fromkeys([*LAZY_COMMANDS, *self.commands]))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            import importlib
+
+            importlib.import_module(f"{__name__}.{LAZY_COMMANDS[cmd_name]}")
+        return self.commands.get(cmd_name)
 
 
 @click.group(cls=Root, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -74,6 +104,3 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.close()
         sys.exit(int(ExitCode.ERROR))
     sys.exit(result if isinstance(result, int) else 0)
-
-
-from . import project_cmds, runner_cmds, session_cmds, system_cmds  # noqa: E402,F401  (commands register on import)

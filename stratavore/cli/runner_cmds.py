@@ -110,7 +110,7 @@ def launch(
         )
     else:
         for r in result.started:
-            click.echo(f"{r.name}  {r.short_id}  running  pid {r.agent_pid}")
+            click.echo(f"{r.name}  {r.short_id}  {state_text(r)}  pid {r.agent_pid}")
         for r, reason in result.failed:
             click.echo(f"Error: {r.name}: {reason}", err=True)
     if attach_after and result.started:
