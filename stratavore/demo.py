@@ -1,41 +1,79 @@
-"""`stratavore demo`: a tour on the embedded database, with no agent account needed."""
+"""`stratavore demo`: a tour on the embedded database, with no agent account needed.
+
+The runners are a bundled simulated Claude Code: it writes real transcripts and runs real hooks,
+so statuses (working, waiting for permission, idle) and sessions show exactly as they would with
+Claude Code. Its files go to a Claude config directory of the demo's own, never to ~/.claude.
+"""
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
-from . import logs, projects, supervisor
+from . import projects, supervisor
 from .context import Context
 from .daemon import self_command
 from .errors import NotFound
 from .runners import Runner, get
+from .sessions import refresh_statuses
 
 DEMO_PROJECT = "demo"
+# what each simulated agent types by itself; a prompt about editing asks for permission and waits
+SCRIPTS = [
+    "please edit app.py to add logging|run the tests",
+    "explain how the build works|summarise the open issues",
+    "list the TODO comments|please edit the README",
+]
 
 
-def demo_agent_command() -> list[str]:
-    return [*self_command(), "demo-agent"]
-
-
-def run(ctx: Context, count: int, say: Callable[[str], None], show_table: Callable[[list[Runner]], None]) -> list[Runner]:
-    """Launch ``count`` demo runners and show what Stratavore sees. Returns the runners left running."""
+def run(
+    ctx: Context,
+    count: int,
+    say: Callable[[str], None],
+    show_table: Callable[[list[Runner]], None],
+    show_sessions: Callable[[], None],
+) -> list[Runner]:
+    """Launch ``count`` simulated agents and show what Stratavore sees. Returns the runners left running."""
     conn = ctx.conn
+    claude_dir = ctx.paths.data_dir / "demo-claude"
+    ctx.settings = replace(
+        ctx.settings,
+        claude_command=shlex.join([*self_command(), "simulated-claude"]),
+        claude_config_dir=str(claude_dir),
+    )
     try:
         project = projects.get(conn, DEMO_PROJECT)
     except NotFound:
         folder = ctx.paths.data_dir / "demo-project"
         folder.mkdir(parents=True, exist_ok=True)
-        project = projects.add(conn, DEMO_PROJECT, folder)
-        say(f"$ stratavore project add {DEMO_PROJECT} {folder}")
-    say(f"$ stratavore launch {DEMO_PROJECT} --count {count} -- {' '.join(demo_agent_command())}")
-    result = supervisor.launch(ctx, project.name, demo_agent_command(), supervisor.LaunchOptions(count=count))
-    for r in result.started:
-        say(f"{r.name}  {r.short_id}  running  pid {r.agent_pid}")
-    time.sleep(2.0)
-    say("\n$ stratavore ps")
-    show_table([get(ctx.conn, r.id) for r in result.started])
-    first = result.started[0]
-    say(f"\n$ stratavore logs {first.name} --tail 3")
-    say(logs.tail(ctx.paths.runner_log(first.id), 3).decode(errors="replace").rstrip())
-    return result.started
+        project = projects.add(conn, DEMO_PROJECT, folder, default_agent="claude")
+        say(f"$ stratavore project add {DEMO_PROJECT} {folder} --agent claude")
+    started: list[Runner] = []
+    for index in range(count):
+        options = supervisor.LaunchOptions(
+            agent="claude",
+            env={
+                "CLAUDE_CONFIG_DIR": str(claude_dir),
+                "STRATAVORE_SIM_AUTOPLAY": SCRIPTS[index % len(SCRIPTS)],
+                "STRATAVORE_SIM_AUTOPLAY_EVERY": str(1.0 + index),
+            },
+        )
+        result = supervisor.launch(ctx, project.name, [], options)
+        started.extend(result.started)
+    say(f"$ stratavore launch {DEMO_PROJECT} --agent claude        # x{count}, a simulated Claude Code")
+    for r in started:
+        say(f"{r.name}  {r.short_id}  running  pid {r.agent_pid}  session {r.session_id}")
+    time.sleep(3.0)
+    refresh_statuses(ctx.conn, ctx.settings, [get(ctx.conn, r.id) for r in started])
+    say("\n$ stratavore ps          # STATUS comes from the agent's own hooks: working, waiting, idle")
+    show_table([get(ctx.conn, r.id) for r in started])
+    say("\n$ stratavore sessions")
+    show_sessions()
+    first = started[0]
+    from . import logs
+
+    say(f"\n$ stratavore logs {first.name} --tail 4")
+    say(logs.tail(ctx.paths.runner_log(first.id), 4).decode(errors="replace").rstrip())
+    return started

@@ -4,11 +4,14 @@ from .conftest import processes_of
 
 
 def test_demo_with_cleanup_leaves_nothing_running(sv, home):
-    proc = sv("demo", "--count", "2", "--cleanup", check=True, env={"STRATAVORE_DEMO_INTERVAL": "0.2"})
+    proc = sv("demo", "--count", "2", "--cleanup", check=True, env={"STRATAVORE_SIM_SPEED": "0.2"})
     out = proc.stdout
     assert "$ stratavore ps" in out and "demo-1" in out and "demo-2" in out
     assert "running" in out
-    assert ": step " in out  # the logs section shows the demo agent's output
+    assert "$ stratavore sessions" in out and "claude" in out
+    assert "waiting: permission" in out  # demo-1's first prompt asks for permission, and ps shows it
+    assert list((home / "data" / "demo-claude" / "projects").glob("*/*.jsonl"))  # transcripts, not in ~/.claude
+    assert "Allow? (y/n)" in out or "Done:" in out  # the logs section shows the simulated agent's terminal
     assert "stratavore attach demo-1" in out
     assert "Nothing is left running" in out
     assert json.loads(sv("ps", "--json").stdout) == []
@@ -16,7 +19,7 @@ def test_demo_with_cleanup_leaves_nothing_running(sv, home):
 
 
 def test_demo_announces_what_it_leaves_running(sv, home):
-    out = sv("demo", "--count", "2", check=True, env={"STRATAVORE_DEMO_INTERVAL": "0.2"}).stdout
+    out = sv("demo", "--count", "2", check=True, env={"STRATAVORE_SIM_SPEED": "0.2"}).stdout
     running = json.loads(sv("ps", "--json").stdout)
     assert {r["name"] for r in running} == {"demo-1", "demo-2"}
     assert "Left running: demo-1 demo-2" in out

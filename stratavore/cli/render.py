@@ -64,11 +64,16 @@ def state_text(runner: Runner) -> str:
     return str(runner.state)
 
 
+def display_command(runner: Runner) -> list[str]:
+    """The command as the user asked for it: for Claude, `claude` and the user's own arguments
+    (the session id, name and per-run hook settings are Stratavore's and the same for every run)."""
+    command = runner.command
+    if runner.agent == "claude" and "--settings" in command:
+        return ["claude", *command[command.index("--settings") + 2 :]]
+    return command
+
+
 def command_text(command: list[str], width: int = 40) -> str:
-    if "--settings" in command:
-        # the per-run hook settings are long and the same for every Claude runner
-        at = command.index("--settings")
-        command = command[:at] + command[at + 2 :]
     text = shlex.join(command)
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -93,7 +98,7 @@ def runner_rows(runners: Sequence[Runner], now: float | None = None) -> str:
                 f"{r.cpu_percent:.0f}%" if r.cpu_percent is not None and r.state in ACTIVE else "-",
                 size(r.rss_bytes) if r.state in ACTIVE else "-",
                 r.restarts,
-                command_text(r.command),
+                command_text(display_command(r)),
             ]
         )
     return table(["NAME", "ID", "PROJECT", "AGENT", "STATUS", "PID", "UPTIME", "CPU", "MEM", "RESTARTS", "COMMAND"], rows)

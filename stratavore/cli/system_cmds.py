@@ -117,11 +117,16 @@ def demo(app, count: int, cleanup: bool) -> None:
     """A guided tour: a demo project, a few runners of a small bundled agent, ps and logs."""
     ctx = app.get()
     click.echo(f"Stratavore demo (data in {ctx.paths.data_dir})\n")
-    started = demo_mod.run(ctx, count, click.echo, lambda rs: click.echo(runner_rows(rs)))
+    from .session_cmds import sessions as sessions_command
+
+    def show_sessions() -> None:
+        click.get_current_context().invoke(sessions_command, project=demo_mod.DEMO_PROJECT, include_external=False, as_json=False)
+
+    started = demo_mod.run(ctx, count, click.echo, lambda rs: click.echo(runner_rows(rs)), show_sessions)
     names = " ".join(r.name for r in started)
     first = started[0].name
     tips = [
-        (f"stratavore attach {first}", "its live terminal: type a line; Ctrl-] detaches"),
+        (f"stratavore attach {first}", "its live terminal: answer its permission prompt (y); Ctrl-] detaches"),
         (f"stratavore logs {first} -f", "follow its output"),
         ("stratavore events", "every state change so far"),
         (f"stratavore stop --project {demo_mod.DEMO_PROJECT}", "stop the demo runners"),
