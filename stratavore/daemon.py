@@ -160,6 +160,16 @@ class Daemon:
 
         return run
 
+    def _agent_status_job(self, conn) -> None:
+        """Statuses that no hook reports (agents without hooks, Claude's registry file), and hook
+        events spooled while the database was busy: brought up to date without anyone running `ps`."""
+        from .hook import SPOOL_NAME, drain_spool
+        from .runners import list_runners
+        from .sessions import refresh_statuses
+
+        drain_spool(conn, self.ctx.paths.runtime_dir / SPOOL_NAME)
+        refresh_statuses(conn, self.ctx.settings, list_runners(conn))
+
     def run(self) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -175,6 +185,8 @@ class Daemon:
         settings = self.ctx.settings
         scheduler.add_job(self.job("reconcile", _reconcile_job), "interval", seconds=settings.reconcile_interval, id="reconcile")
         scheduler.add_job(self.job("wal_checkpoint", _checkpoint_job), "interval", minutes=10, id="wal_checkpoint")
+        status_every = settings.heartbeat_interval
+        scheduler.add_job(self.job("agent_status", self._agent_status_job), "interval", seconds=status_every, id="agent_status")
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda *_: self.stopping.set())
         scheduler.start()
