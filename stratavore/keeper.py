@@ -28,6 +28,7 @@ import struct
 import termios
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -548,6 +549,15 @@ class Keeper:
         self.finish(S.EXITED, exit_code=exit_code, exit_signal=exit_signal)
 
     def respawn(self) -> None:
+        self.runner = get(self.conn, self.runner_id)
+        if self.runner.agent == "claude" and self.runner.session_id:
+            from .agents.claude import restart_command
+
+            row = self.conn.execute("SELECT transcript_path FROM sessions WHERE id=?", (self.runner.session_id,)).fetchone()
+            command = restart_command(self.runner.command, self.runner.session_id, row[0] if row else None)
+            if command != self.runner.command:
+                self.transact(lambda: update_fields(self.conn, self.runner_id, command=json.dumps(command)))
+                self.runner = replace(self.runner, command=command)
         try:
             failure = self.spawn()
         except Abandoned:

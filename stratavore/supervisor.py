@@ -359,11 +359,18 @@ def restart(ctx: Context, runner: Runner) -> Runner:
             raise Conflict(f"runner {runner.name!r} is still {current.state}; try again")
         project = projects.get(conn, current.project)
         _check_quota(conn, ctx.settings, project, 1)
+        command = current.command
+        if current.agent == "claude" and current.session_id:
+            from .agents.claude import restart_command
+
+            transcript = conn.execute("SELECT transcript_path FROM sessions WHERE id=?", (current.session_id,)).fetchone()
+            command = restart_command(command, current.session_id, transcript[0] if transcript else None)
         change_state(
             conn,
             runner.id,
             S.STARTING,
             reason="restart requested",
+            command=json.dumps(command),
             restarts=0,
             boot_id=procs.boot_id(),
             launcher_pid=launcher_pid,

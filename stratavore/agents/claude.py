@@ -109,6 +109,20 @@ def plan(user_args: list[str], settings: Settings, *, runner_name: str, cwd: str
     )
 
 
+def restart_command(command: list[str], session_id: str, transcript: str | None) -> list[str]:
+    """The command a restarted Claude runner runs: it continues ``session_id`` (after /clear, the
+    newest session) when that conversation has a transcript, and starts it afresh otherwise (Claude
+    Code refuses to resume a session it has no transcript for)."""
+    flag = "--resume" if transcript and os.path.isfile(transcript) else "--session-id"
+    out = list(command)
+    for old in ("--session-id", "--resume"):
+        if old in out and out.index(old) + 1 < len(out):
+            at = out.index(old)
+            out[at : at + 2] = [flag, session_id]
+            return out
+    return out
+
+
 # -- the live-process registry: $CLAUDE_CONFIG_DIR/sessions/<pid>.json ----------------------------
 
 REGISTRY_STATUS = {"busy": "working", "idle": "idle", "waiting": "waiting", "shell": "idle"}
