@@ -123,6 +123,50 @@ MIGRATIONS: list[str] = [
     CREATE INDEX sessions_runner ON sessions(runner_id);
     CREATE INDEX sessions_project ON sessions(project_id, last_activity_at);
     """,
+    # 3: token accounting: how far each transcript was read, and the deduplicated usage entries
+    """
+    CREATE TABLE transcript_files (
+        id INTEGER PRIMARY KEY,
+        path TEXT NOT NULL UNIQUE,
+        session_id TEXT NOT NULL,
+        project_dir TEXT NOT NULL,
+        inode INTEGER,
+        size INTEGER NOT NULL DEFAULT 0,
+        mtime_ns INTEGER,
+        offset INTEGER NOT NULL DEFAULT 0,
+        head_hash TEXT,
+        head_len INTEGER NOT NULL DEFAULT 0,
+        entries INTEGER NOT NULL DEFAULT 0,
+        skipped_lines INTEGER NOT NULL DEFAULT 0,
+        resets INTEGER NOT NULL DEFAULT 0,
+        missing_since REAL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE usage_entries (
+        id INTEGER PRIMARY KEY,
+        dedup_key TEXT NOT NULL UNIQUE,
+        message_id TEXT,
+        request_id TEXT,
+        session_id TEXT NOT NULL,
+        project_dir TEXT NOT NULL,
+        cwd TEXT,
+        model TEXT,
+        speed TEXT,
+        ts INTEGER NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cache_5m_tokens INTEGER NOT NULL,
+        cache_1h_tokens INTEGER NOT NULL,
+        cache_read_tokens INTEGER NOT NULL,
+        is_sidechain INTEGER NOT NULL DEFAULT 0,
+        cost_usd REAL,
+        project_id INTEGER,
+        runner_id TEXT,
+        file_id INTEGER
+    );
+    CREATE INDEX usage_entries_ts ON usage_entries(ts);
+    CREATE INDEX usage_entries_session ON usage_entries(session_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -96,9 +96,10 @@ class Manifest:
 
 
 class _Writer:
-    def __init__(self, rng: random.Random, manifest: Manifest) -> None:
+    def __init__(self, rng: random.Random, manifest: Manifest, replays: bool = True) -> None:
         self.rng = rng
         self.manifest = manifest
+        self.replays = replays
         self.text_pool = [" ".join(rng.choice(WORDS) for _ in range(n)) for n in (8, 20, 60, 150, 400, 900)]
 
     def text(self, approx_words: int) -> str:
@@ -250,11 +251,12 @@ class _Session:
     def sidechain_replay(self) -> list[str]:
         """A /btw side question replays an earlier response under a new requestId: must not count twice."""
         original = self.rng.choice(self.calls)
+        request_id = f"req_{self.rng.getrandbits(80):020x}"
         out = []
         for line in original.lines:
             record = json.loads(line)
             record["isSidechain"] = True
-            record["requestId"] = f"req_{self.rng.getrandbits(80):020x}"
+            record["requestId"] = request_id
             record["message"]["usage"]["cache_read_input_tokens"] += 50_000
             out.append(_dump(record))
         return out
@@ -290,7 +292,7 @@ def _session_lines(w: _Writer, session: _Session, calls: int, extra_lines: list[
         yield from session.api_call().lines
         session.tick(1, 20)
         yield session.tool_result()
-        if rng.random() < 0.02 and session.calls:
+        if rng.random() < 0.02 and session.calls and w.replays:
             yield from session.sidechain_replay()
         if rng.random() < 0.02:
             yield from session.api_call(sidechain=True).lines  # a sidechain-only answer counts
@@ -327,12 +329,16 @@ def generate(
     seed: int = 1,
     start: datetime | None = None,
     days: int = 30,
+    sidechain_replays: bool = True,
 ) -> Manifest:
-    """Write transcripts under ``root/projects`` until about ``target_bytes`` are written."""
+    """Write transcripts under ``root/projects`` until about ``target_bytes`` are written.
+
+    ``sidechain_replays=False`` leaves out /btw replays, on which ccusage's session and block reports
+    disagree with its own daily report (see test_ccusage.py)."""
     root = Path(root)
     rng = random.Random(seed)
     manifest = Manifest()
-    w = _Writer(rng, manifest)
+    w = _Writer(rng, manifest, sidechain_replays)
     start = start or datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
     # scale session length with the corpus so that small corpora still have many sessions
     per_session_calls = max(8, min(120, target_bytes // 400_000))
