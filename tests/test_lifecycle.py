@@ -13,7 +13,7 @@ import pytest
 from stratavore import events, procs, supervisor
 from stratavore.errors import NotFound
 from stratavore.runners import find, get
-from stratavore.states import RunnerState
+from stratavore.states import ACTIVE, RunnerState
 from tests.conftest import assert_clean_error, wait_for
 
 S = RunnerState
@@ -39,7 +39,7 @@ def current(ctx, runner):
 
 def ended(ctx, runner, timeout: float = 10.0):
     """Wait for the runner to end and return it."""
-    return wait_for(lambda: (r := current(ctx, runner)).state not in {S.STARTING, S.RUNNING, S.BACKOFF, S.STOPPING} and r, timeout)
+    return wait_for(lambda: (r := current(ctx, runner)).state not in ACTIVE and r, timeout)
 
 
 def tree(pid: int) -> list[tuple[int, float]]:
@@ -95,10 +95,14 @@ def test_agent_ignoring_the_stop_signal_is_killed_after_the_timeout(ctx, project
 
 def test_stop_ends_the_whole_tree_including_escaped_processes(ctx, project):
     runner = launch(ctx, ["bash", "-c", "setsid sleep 300 & sleep 300 & wait"])
-    wait_for(lambda: len(tree(runner.agent_pid)) == 3)
+
+    def escaped() -> list[int]:
+        return [pid for pid, _ in tree(runner.agent_pid) if pid != runner.agent_pid and os.getsid(pid) == pid]
+
+    # both children exec'd sleep, and one of them left the agent's session
+    wait_for(lambda: child_names(runner.agent_pid) == ["sleep", "sleep"] and escaped())
     members = tree(runner.agent_pid)
-    escaped = [pid for pid, _ in members if pid != runner.agent_pid and os.getsid(pid) == pid]
-    assert len(escaped) == 1, "setsid did not give the child a session of its own"
+    assert len(members) == 3 and len(escaped()) == 1
     assert all(procs.is_alive(pid, start) for pid, start in members)
 
     [done] = supervisor.stop(ctx, [runner])
