@@ -69,7 +69,7 @@ def test_attach_is_a_terminal_of_the_clients_size(ctx, project, attach):
     child.setwinsize(22, 75)
     child.send("stty size\r")
     child.expect(r"\D22 75\r\n")
-    # isatty on all three descriptors, and the agent leads its terminal's session
+    # the agent's stdin, stdout and stderr are all the terminal
     child.send("[ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo tty-$((6*7))\r")
     child.expect(r"\Dtty-42\r\n")
     child.send("\x1d")
