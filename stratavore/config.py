@@ -36,6 +36,13 @@ class Settings:
     claude_command: str = "claude"  # how to run Claude Code (a shell-style command line)
     claude_config_dir: str = ""  # default: $CLAUDE_CONFIG_DIR, else ~/.claude
     idle_after: float = 10.0  # agents without hooks count as idle after this long without output
+    event_retention_days: float = 7.0  # delivered events older than this are pruned
+    notify_cooldown: float = 300.0  # no second "waiting" alert for the same runner within this many seconds
+    notify_flood_max: int = 5  # messages per channel per window; beyond that, one summary
+    notify_flood_window: float = 60.0
+    delivery_max_attempts: int = 8  # an event failing this often is parked (stratavore events --failed)
+    delivery_backoff_initial: float = 0.5
+    delivery_backoff_max: float = 60.0
     # user-defined agent presets: name -> command template ([agents.NAME] command = [...] in config.toml)
     agent_presets: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -53,6 +60,12 @@ class Settings:
         for name in ("heartbeat_interval", "reconcile_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        for name in ("event_retention_days", "delivery_max_attempts", "notify_flood_max"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        for name in ("notify_cooldown", "notify_flood_window", "delivery_backoff_initial", "delivery_backoff_max"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative")
         if self.log_max_bytes < 4096:
             raise ConfigError("log_max_bytes must be at least 4096")
         return self

@@ -167,6 +167,47 @@ MIGRATIONS: list[str] = [
     CREATE INDEX usage_entries_ts ON usage_entries(ts);
     CREATE INDEX usage_entries_session ON usage_entries(session_id);
     """,
+    # 4: outbox consumers (cursors, parked events, delivered event ids) and notification channels
+    """
+    CREATE TABLE consumer_cursors (
+        consumer TEXT PRIMARY KEY,
+        last_seq INTEGER NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        last_error TEXT,
+        delivered INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE parked_events (
+        id INTEGER PRIMARY KEY,
+        consumer TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        event_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        error TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        parked_at REAL NOT NULL,
+        queued INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        UNIQUE (consumer, event_id)
+    );
+    CREATE INDEX parked_events_seq ON parked_events(seq);
+    CREATE TABLE consumer_deliveries (
+        consumer TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (consumer, event_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX consumer_deliveries_seq ON consumer_deliveries(seq);
+    CREATE TABLE notify_channels (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        config TEXT NOT NULL DEFAULT '{}',
+        events TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
