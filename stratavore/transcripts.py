@@ -279,6 +279,10 @@ def read_chunk(path: str, start: int, limit: int, session_id: str, project_dir: 
                     continue
                 chunk.lines += 1
                 if _USAGE_MARK not in line:
+                    # not worth parsing, but a record always ends with "}": anything else was cut
+                    # mid-write or is not a record at all
+                    if line[-1:] != b"}" and line.rstrip()[-1:] != b"}":
+                        chunk.skipped += 1
                     continue
                 result = parse_line(line, session_id, project_dir, path, line_start)
                 if type(result) is tuple:

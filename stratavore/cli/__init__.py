@@ -32,6 +32,7 @@ LAZY_COMMANDS = {
     "demo-agent": "system_cmds",
     "config": "system_cmds",
     "completion": "system_cmds",
+    "usage": "usage_cmds",
 }
 
 
