@@ -43,6 +43,11 @@ class Settings:
     delivery_max_attempts: int = 8  # an event failing this often is parked (stratavore events --failed)
     delivery_backoff_initial: float = 0.5
     delivery_backoff_max: float = 60.0
+    api_host: str = "127.0.0.1"  # the daemon's HTTP API, on loopback only ("" for none: then api_socket only)
+    api_port: int = 7878  # 0 picks a free port
+    api_socket: str = ""  # a unix socket (0600) to serve the API on as well
+    api_rate_limit: float = 50.0  # requests per second per client, bursts of twice that; 0 for no limit
+    metrics_auth: bool = True  # /metrics needs the API token too (turn off for a local Prometheus)
     # user-defined agent presets: name -> command template ([agents.NAME] command = [...] in config.toml)
     agent_presets: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -68,15 +73,42 @@ class Settings:
                 raise ConfigError(f"{name} must not be negative")
         if self.log_max_bytes < 4096:
             raise ConfigError("log_max_bytes must be at least 4096")
+        if self.api_host and not is_loopback(self.api_host):
+            raise ConfigError(f"api_host must be a loopback address (127.0.0.1, ::1, localhost), not {self.api_host!r}")
+        if not 0 <= self.api_port <= 65535:
+            raise ConfigError("api_port must be between 0 and 65535")
+        if self.api_rate_limit < 0:
+            raise ConfigError("api_rate_limit must not be negative")
         return self
+
+
+def is_loopback(host: str) -> bool:
+    """The API never listens beyond this machine: its control routes would be remote code execution."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 _FIELD_TYPES = {f.name: f.type for f in fields(Settings) if f.name != "agent_presets"}
 
 
+_KIND_TEXT = {"str": "a string", "bool": "true or false"}
+
+
 def _coerce(name: str, value: Any, source: str) -> Any:
     kind = _FIELD_TYPES[name]
     try:
+        if kind == "bool":
+            if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
         if kind == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
@@ -89,7 +121,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             raise ValueError
         return value
     except ValueError:
-        raise ConfigError(f"{source}: {name} must be {'a number' if kind != 'str' else 'a string'}") from None
+        raise ConfigError(f"{source}: {name} must be {_KIND_TEXT.get(kind, 'a number')}") from None
 
 
 def load_settings(config_file: Path, environ: dict[str, str] | None = None) -> Settings:
