@@ -402,6 +402,9 @@ def _aggregate(conn: sqlite3.Connection) -> _Aggregate:
 # -- optional sources ----------------------------------------------------------------------------
 
 
+_warned: dict[str, str] = {}
+
+
 def _budgets(conn: sqlite3.Connection, now: float) -> list[_Family]:
     """Budget figures come from the budgets module, which owns periods, time zones and spend.
 
@@ -412,12 +415,14 @@ def _budgets(conn: sqlite3.Connection, now: float) -> list[_Family]:
     try:
         from . import budgets  # type: ignore[attr-defined]
 
-        utilisation = budgets.utilisation
-    except (ImportError, AttributeError):
-        log.warning("a budgets table exists but stratavore.budgets.utilisation() does not: budget metrics left out")
+        rows = list(budgets.utilisation(conn, now))
+    except Exception as e:  # noqa: BLE001 - budgets failing must not take every other metric down with them
+        if _warned.get("budgets") != str(e):  # once per distinct problem, not on every scrape
+            _warned["budgets"] = str(e)
+            log.warning("budget metrics left out: %s: %s", type(e).__name__, e)
         return []
     fam = {key: _Family(spec) for key, spec in BUDGETS.items()}
-    for budget in utilisation(conn, now):
+    for budget in rows:
         labels = (str(budget["id"]), str(budget.get("scope") or ""), str(budget.get("target") or ""), str(budget.get("period") or ""))
         for unit in ("usd", "tokens"):
             limit, spent = budget.get(f"limit_{unit}"), budget.get(f"spent_{unit}")

@@ -228,6 +228,17 @@ def test_budget_utilisation(ctx, project, budgets_module):
     assert value("stratavore_budget_utilisation_ratio", {**month, "unit": "tokens"}) == 1.5
 
 
+def test_failing_budgets_leave_out_only_the_budget_families(ctx, project, monkeypatch):
+    def broken(conn, now):
+        raise RuntimeError("no such column: amount")
+
+    monkeypatch.setitem(sys.modules, "stratavore.budgets", types.SimpleNamespace(utilisation=broken))
+    with_budgets_table(ctx.conn)
+    text = generate_latest(registry_of(ctx)).decode()
+    assert "stratavore_budget_" not in text
+    assert "stratavore_runners{" in text
+
+
 def test_events_waiting_parked_and_delivered_per_consumer(ctx, project):
     last = ctx.conn.execute("SELECT max(seq) FROM events").fetchone()[0]
     stored = ctx.conn.execute("SELECT count(*) FROM events").fetchone()[0]
