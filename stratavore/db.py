@@ -166,6 +166,55 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX usage_entries_ts ON usage_entries(ts);
     CREATE INDEX usage_entries_session ON usage_entries(session_id);
+    -- sums per quarter hour (every time zone's midnight falls on one), model and speed, kept by
+    -- triggers, so that period reports read a few thousand rows instead of every entry
+    CREATE TABLE usage_quarters (
+        quarter INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        speed TEXT NOT NULL,
+        entries INTEGER NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cache_5m_tokens INTEGER NOT NULL,
+        cache_1h_tokens INTEGER NOT NULL,
+        cache_read_tokens INTEGER NOT NULL,
+        cost_usd REAL NOT NULL,
+        unpriced INTEGER NOT NULL,
+        PRIMARY KEY (quarter, model, speed)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER usage_quarters_insert AFTER INSERT ON usage_entries BEGIN
+        INSERT INTO usage_quarters VALUES (NEW.ts / 900000, coalesce(NEW.model, ''), coalesce(NEW.speed, ''), 1, NEW.input_tokens,
+            NEW.output_tokens, NEW.cache_5m_tokens, NEW.cache_1h_tokens, NEW.cache_read_tokens, coalesce(NEW.cost_usd, 0),
+            NEW.cost_usd IS NULL)
+        ON CONFLICT DO UPDATE SET entries = entries + 1, input_tokens = input_tokens + excluded.input_tokens,
+            output_tokens = output_tokens + excluded.output_tokens, cache_5m_tokens = cache_5m_tokens + excluded.cache_5m_tokens,
+            cache_1h_tokens = cache_1h_tokens + excluded.cache_1h_tokens,
+            cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
+            cost_usd = cost_usd + excluded.cost_usd, unpriced = unpriced + excluded.unpriced;
+    END;
+    CREATE TRIGGER usage_quarters_delete AFTER DELETE ON usage_entries BEGIN
+        UPDATE usage_quarters SET entries = entries - 1, input_tokens = input_tokens - OLD.input_tokens,
+            output_tokens = output_tokens - OLD.output_tokens, cache_5m_tokens = cache_5m_tokens - OLD.cache_5m_tokens,
+            cache_1h_tokens = cache_1h_tokens - OLD.cache_1h_tokens, cache_read_tokens = cache_read_tokens - OLD.cache_read_tokens,
+            cost_usd = cost_usd - coalesce(OLD.cost_usd, 0), unpriced = unpriced - (OLD.cost_usd IS NULL)
+        WHERE quarter = OLD.ts / 900000 AND model = coalesce(OLD.model, '') AND speed = coalesce(OLD.speed, '');
+    END;
+    CREATE TRIGGER usage_quarters_update AFTER UPDATE OF ts, model, speed, input_tokens, output_tokens, cache_5m_tokens,
+        cache_1h_tokens, cache_read_tokens, cost_usd ON usage_entries BEGIN
+        UPDATE usage_quarters SET entries = entries - 1, input_tokens = input_tokens - OLD.input_tokens,
+            output_tokens = output_tokens - OLD.output_tokens, cache_5m_tokens = cache_5m_tokens - OLD.cache_5m_tokens,
+            cache_1h_tokens = cache_1h_tokens - OLD.cache_1h_tokens, cache_read_tokens = cache_read_tokens - OLD.cache_read_tokens,
+            cost_usd = cost_usd - coalesce(OLD.cost_usd, 0), unpriced = unpriced - (OLD.cost_usd IS NULL)
+        WHERE quarter = OLD.ts / 900000 AND model = coalesce(OLD.model, '') AND speed = coalesce(OLD.speed, '');
+        INSERT INTO usage_quarters VALUES (NEW.ts / 900000, coalesce(NEW.model, ''), coalesce(NEW.speed, ''), 1, NEW.input_tokens,
+            NEW.output_tokens, NEW.cache_5m_tokens, NEW.cache_1h_tokens, NEW.cache_read_tokens, coalesce(NEW.cost_usd, 0),
+            NEW.cost_usd IS NULL)
+        ON CONFLICT DO UPDATE SET entries = entries + 1, input_tokens = input_tokens + excluded.input_tokens,
+            output_tokens = output_tokens + excluded.output_tokens, cache_5m_tokens = cache_5m_tokens + excluded.cache_5m_tokens,
+            cache_1h_tokens = cache_1h_tokens + excluded.cache_1h_tokens,
+            cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
+            cost_usd = cost_usd + excluded.cost_usd, unpriced = unpriced + excluded.unpriced;
+    END;
     """,
     # 4: outbox consumers (cursors, parked events, delivered event ids) and notification channels
     """

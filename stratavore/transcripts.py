@@ -97,8 +97,9 @@ def discover(roots: Iterable[Path]) -> list[SourceFile]:
     found: dict[str, SourceFile] = {}
     for root in roots:
         base = os.path.join(str(root), PROJECTS_DIR)
+        skip = len(base) + 1
         for path in _walk(base):
-            rel = os.path.relpath(path, base).split(os.sep)
+            rel = path[skip:].split(os.sep)
             if len(rel) < 2:
                 continue  # a transcript lives inside a project directory
             session = rel[1][: -len(".jsonl")] if len(rel) == 2 else rel[1]
@@ -140,9 +141,17 @@ class Chunk:
     head_len: int = 0
 
 
+_VERSIONS: dict[str, bool] = {}  # a transcript names a handful of Claude Code versions
+
+
 def _is_semver_prefix(value: str) -> bool:
-    parts = value.split(".", 2)
-    return len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit() and parts[2][:1].isdigit()
+    known = _VERSIONS.get(value)
+    if known is None:
+        parts = value.split(".", 2)
+        known = len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit() and parts[2][:1].isdigit()
+        if len(_VERSIONS) < 1000:
+            _VERSIONS[value] = known
+    return known
 
 
 def _count(value: Any) -> int | None:
@@ -166,56 +175,69 @@ _NOT_USAGE = 0  # valid JSON that is no usage record (a user line quoting "usage
 _INVALID = 1  # counted as skipped
 
 
+_ABSENT: Any = object()
+
+
+def _bad_id(value: Any) -> bool:
+    # an identity field may be absent; present, it must be a non-empty string (null or "" drop the line in ccusage)
+    return value is not _ABSENT and (type(value) is not str or not value)
+
+
 def parse_line(line: bytes, session_id: str, project_dir: str, source: str, offset: int) -> Entry | int:
-    """One transcript line to an entry tuple, or _NOT_USAGE / _INVALID."""
+    """One transcript line to an entry tuple, or _NOT_USAGE / _INVALID. The hot path: keep it lean."""
     try:
         data = _loads(line)
+        message = data["message"]
+        usage = message["usage"]
     except (_DecodeError, ValueError):
         return _INVALID
-    if type(data) is not dict:
-        return _INVALID
-    message = data.get("message")
-    if type(message) is not dict:
-        return _NOT_USAGE
-    usage = message.get("usage")
+    except (KeyError, TypeError, IndexError):
+        return _NOT_USAGE if type(data) is dict else _INVALID
     if type(usage) is not dict:
         return _NOT_USAGE
-    input_tokens = _count(usage.get("input_tokens"))
-    output_tokens = _count(usage.get("output_tokens"))
-    cache_creation = _count(usage.get("cache_creation_input_tokens", 0))
-    cache_read = _count(usage.get("cache_read_input_tokens", 0))
-    if input_tokens is None or output_tokens is None or cache_creation is None or cache_read is None:
+    get = usage.get
+    input_tokens, output_tokens = get("input_tokens"), get("output_tokens")
+    cache_creation, cache_read = get("cache_creation_input_tokens", 0), get("cache_read_input_tokens", 0)
+    # token counts are non-negative JSON integers; 12.0, "12", null and -1 make the line invalid
+    if not (type(input_tokens) is int and type(output_tokens) is int and type(cache_creation) is int and type(cache_read) is int):
+        return _INVALID
+    if input_tokens < 0 or output_tokens < 0 or cache_creation < 0 or cache_read < 0:
         return _INVALID
     ts = _timestamp_ms(data.get("timestamp"))
     if ts is None:
         return _INVALID
-    # present-but-null or empty identity fields make ccusage drop the line; so do we
-    for holder, name in ((data, "sessionId"), (data, "requestId"), (message, "id"), (message, "model")):
-        if name in holder and (type(holder[name]) is not str or not holder[name]):
-            return _INVALID
-    for holder, name in ((data, "cwd"), (usage, "speed"), (data, "costUSD"), (data, "isApiErrorMessage")):
-        if name in holder and holder[name] is None:
-            return _INVALID
+    message_id, model = message.get("id", _ABSENT), message.get("model", _ABSENT)
+    request_id = data.get("requestId", _ABSENT)
+    if _bad_id(message_id) or _bad_id(model) or _bad_id(request_id) or _bad_id(data.get("sessionId", _ABSENT)):
+        return _INVALID
+    speed = get("speed", _ABSENT)
+    if (
+        speed is None
+        or data.get("cwd", _ABSENT) is None
+        or data.get("costUSD", _ABSENT) is None
+        or data.get("isApiErrorMessage", _ABSENT) is None
+    ):
+        return _INVALID
     version = data.get("version", "0.0.0")
     if type(version) is not str or not _is_semver_prefix(version):
         return _INVALID
     cache_5m = cache_1h = 0
-    detail = usage.get("cache_creation")
+    detail = get("cache_creation")
     if type(detail) is dict:
         cache_5m = _count(detail.get("ephemeral_5m_input_tokens", 0)) or 0
         cache_1h = _count(detail.get("ephemeral_1h_input_tokens", 0)) or 0
     if cache_5m + cache_1h == 0:
         cache_5m = cache_creation  # older lines carry only the flat count, written at the 5-minute rate
-    message_id = message.get("id")
-    request_id = data.get("requestId")
+    if request_id is _ABSENT:
+        request_id = None
     sidechain = data.get("isSidechain") is True
-    if message_id is None:
+    if message_id is _ABSENT:
+        message_id = None
         key = f"{GS}{source}{US}{offset}"
     elif sidechain:
         key = f"{message_id}{RS}"
     else:
         key = f"{message_id}{US}{request_id or ''}"
-    speed = usage.get("speed")
     return (
         key,
         message_id,
@@ -223,7 +245,7 @@ def parse_line(line: bytes, session_id: str, project_dir: str, source: str, offs
         session_id,
         project_dir,
         data.get("cwd"),
-        message.get("model"),
+        None if model is _ABSENT else model,
         speed if type(speed) is str else None,
         ts,
         input_tokens,
@@ -322,10 +344,6 @@ def _keep(entry: Entry, entries: list[Entry], index: dict[str, int]) -> None:
 
 def _priced_as(entry: Entry) -> tuple:
     return (entry[K_MODEL], entry[K_SPEED], *entry[K_IN:K_SIDE])
-
-
-def _read_task(task: tuple[str, int, int, str, str]) -> Chunk:
-    return read_chunk(*task)
 
 
 # --- writing -------------------------------------------------------------------------------------------
@@ -518,27 +536,39 @@ def _plan(conn: sqlite3.Connection, files: list[SourceFile], stats: IngestStats)
     return plans
 
 
-def _tasks(plans: list[_Plan]) -> Iterator[tuple[str, int, int, str, str]]:
-    for plan in plans:
-        yield (plan.source.path, plan.start, TASK_BYTES, plan.source.session_id, plan.source.project_dir)
-
-
 def _results(plans: list[_Plan], workers: int) -> Iterator[tuple[_Plan, Chunk]]:
     """Read every planned file (all of it, a task at a time), in order, with a pool when it pays."""
     pending = sum(max(0, p.size - p.start) for p in plans)
     if workers > 0 and pending > POOL_THRESHOLD and len(plans) > 1:
         import multiprocessing
+        from collections import deque
 
         method = "fork" if sys.platform.startswith("linux") else "spawn"
         with multiprocessing.get_context(method).Pool(workers) as pool:
-            for plan, chunk in zip(plans, pool.imap(_read_task, _tasks(plans), chunksize=4), strict=True):
+            # a few tasks ahead of the writer, never more: memory stays bounded whatever the corpus
+            window: deque = deque()
+            queued = iter(plans)
+            for plan in queued:
+                window.append((plan, pool.apply_async(read_chunk, _task(plan))))
+                if len(window) >= 4 * workers:
+                    break
+            while window:
+                plan, result = window.popleft()
+                nxt = next(queued, None)
+                if nxt is not None:
+                    window.append((nxt, pool.apply_async(read_chunk, _task(nxt))))
+                chunk = result.get()
                 yield plan, chunk
                 yield from _rest(plan, chunk)
         return
     for plan in plans:
-        chunk = read_chunk(plan.source.path, plan.start, TASK_BYTES, plan.source.session_id, plan.source.project_dir)
+        chunk = read_chunk(*_task(plan))
         yield plan, chunk
         yield from _rest(plan, chunk)
+
+
+def _task(plan: _Plan) -> tuple[str, int, int, str, str]:
+    return (plan.source.path, plan.start, TASK_BYTES, plan.source.session_id, plan.source.project_dir)
 
 
 def _rest(plan: _Plan, chunk: Chunk) -> Iterator[tuple[_Plan, Chunk]]:
@@ -567,8 +597,7 @@ def ingest(
     stats = IngestStats(roots=[str(r) for r in roots])
     files = discover(roots)
     stats.files = len(files)
-    with db.write(conn):
-        _refresh(conn, prices)
+    _refresh(conn, prices)
     plans = _plan(conn, files, stats)
     if plans:
         conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
@@ -579,17 +608,24 @@ def ingest(
 
 
 def _refresh(conn: sqlite3.Connection, prices: PriceTable) -> None:
-    """Keep stored costs and attributions current when prices, projects or sessions changed."""
-    if _meta(conn, "usage_prices") != prices.fingerprint:
-        reprice(conn, prices)
-        _set_meta(conn, "usage_prices", prices.fingerprint)
-    projects, sessions = _projects_fingerprint(conn), _sessions_fingerprint(conn)
-    if _meta(conn, "usage_projects") != projects:
-        reattribute(conn)
-    elif _meta(conn, "usage_sessions") != sessions:
-        attribute_sessions(conn)
-    _set_meta(conn, "usage_projects", projects)
-    _set_meta(conn, "usage_sessions", sessions)
+    """Keep stored costs and attributions current when prices, projects or sessions changed (a write
+    transaction only then: a report with nothing new takes no lock)."""
+    wanted = {
+        "usage_prices": prices.fingerprint,
+        "usage_projects": _projects_fingerprint(conn),
+        "usage_sessions": _sessions_fingerprint(conn),
+    }
+    if all(_meta(conn, key) == value for key, value in wanted.items()):
+        return
+    with db.write(conn):
+        if _meta(conn, "usage_prices") != wanted["usage_prices"]:
+            reprice(conn, prices)
+        if _meta(conn, "usage_projects") != wanted["usage_projects"]:
+            reattribute(conn)
+        elif _meta(conn, "usage_sessions") != wanted["usage_sessions"]:
+            attribute_sessions(conn)
+        for key, value in wanted.items():
+            _set_meta(conn, key, value)
 
 
 def _store(

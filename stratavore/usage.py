@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from .errors import InvalidInput
 
 HOUR_MS = 3_600_000
+QUARTER_MS = 900_000  # usage_quarters' step: every time zone's midnight is on a quarter hour
 DAY_MS = 86_400_000
 UNASSIGNED = "unassigned"
 SYNTHETIC = "<synthetic>"
@@ -71,14 +72,15 @@ class Filters:
             return int(datetime(day.year, day.month, day.day).timestamp() * 1000)
         return int(datetime(day.year, day.month, day.day, tzinfo=self.tz).timestamp() * 1000)
 
-    def where(self) -> tuple[str, list[int]]:
+    def where(self, column: str = "ts", unit: int = 1) -> tuple[str, list[int]]:
+        """A WHERE clause for the date range over ``column``, which counts ``unit`` ms per step."""
         clauses, params = [], []
         if self.since:
-            clauses.append("ts >= ?")
-            params.append(self.midnight_ms(self.since))
+            clauses.append(f"{column} >= ?")
+            params.append(self.midnight_ms(self.since) // unit)
         if self.until:
-            clauses.append("ts < ?")
-            params.append(self.midnight_ms(self.until + timedelta(days=1)))
+            clauses.append(f"{column} < ?")
+            params.append(self.midnight_ms(self.until + timedelta(days=1)) // unit)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
     def offset_ms(self, ms: int) -> int:
@@ -106,19 +108,20 @@ class Filters:
         return segments
 
     def local_day_sql(self, conn: sqlite3.Connection) -> tuple[str, list[int]]:
-        """A SQL expression for an entry's local day (days since 1970-01-01 in this zone)."""
-        where, params = self.where()
-        first, last = conn.execute(f"SELECT min(ts), max(ts) FROM usage_entries{where}", params).fetchone()
+        """A SQL expression for the local day of a usage_quarters row (days since 1970-01-01 in this zone)."""
+        where, params = self.where("quarter", QUARTER_MS)
+        first, last = conn.execute(f"SELECT min(quarter), max(quarter) FROM usage_quarters{where}", params).fetchone()
+        ts = f"(quarter * {QUARTER_MS})"
         if first is None:
-            return "(ts / 86400000)", []
-        segments = self.offset_segments(first, last)
+            return f"({ts} / 86400000)", []
+        segments = self.offset_segments(first * QUARTER_MS, last * QUARTER_MS + QUARTER_MS - 1)
         if len(segments) == 1:
-            return "((ts + ?) / 86400000)", [segments[0][1]]
+            return f"(({ts} + ?) / 86400000)", [segments[0][1]]
         cases, values = [], []
         for (_, offset), (next_start, _) in zip(segments, segments[1:], strict=False):
-            cases.append("WHEN ts < ? THEN ?")
+            cases.append(f"WHEN {ts} < ? THEN ?")
             values += [next_start, offset]
-        return f"((ts + CASE {' '.join(cases)} ELSE ? END) / 86400000)", [*values, segments[-1][1]]
+        return f"(({ts} + CASE {' '.join(cases)} ELSE ? END) / 86400000)", [*values, segments[-1][1]]
 
     def today(self, now: datetime | None = None) -> date:
         now = now or datetime.now(UTC)
@@ -237,11 +240,19 @@ def _period_key(period: str, day: date) -> str:
     return day.isoformat()
 
 
+QUARTER_SUMS = (
+    "sum(input_tokens) AS input, sum(output_tokens) AS output, sum(cache_5m_tokens + cache_1h_tokens) AS cache_creation,"
+    " sum(cache_read_tokens) AS cache_read, total(cost_usd) AS cost, sum(unpriced) AS unpriced, sum(entries) AS entries"
+)
+
+
 def period_buckets(conn: sqlite3.Connection, period: str, filters: Filters) -> dict[str, Bucket]:
+    """Sums per day, week or month, read from the per-quarter-hour sums the triggers keep."""
     day_sql, day_params = filters.local_day_sql(conn)
-    where, params = filters.where()
+    where, params = filters.where("quarter", QUARTER_MS)
     rows = conn.execute(
-        f"SELECT {day_sql} AS day, model, speed, {TOKEN_SUMS} FROM usage_entries{where} GROUP BY day, model, speed",
+        f"SELECT {day_sql} AS day, nullif(model, '') AS model, nullif(speed, '') AS speed, {QUARTER_SUMS}"
+        f" FROM usage_quarters{where} GROUP BY day, model, speed HAVING sum(entries) > 0",
         [*day_params, *params],
     )
     epoch = date(1970, 1, 1)

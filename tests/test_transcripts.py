@@ -78,6 +78,21 @@ def ingest(ctx, claude: Path, prices: pricing.PriceTable = PRICES, **kwargs) -> 
     return transcripts.ingest(ctx.conn, [claude], prices, **kwargs)
 
 
+def quarters_match_entries(conn) -> bool:
+    """The per-quarter-hour sums the triggers keep equal a fresh sum over the entries."""
+    columns = "input_tokens, output_tokens, cache_5m_tokens, cache_1h_tokens, cache_read_tokens"
+    sums = ", ".join(f"sum({c})" for c in columns.split(", "))
+    fresh = conn.execute(
+        f"SELECT ts / 900000, coalesce(model, ''), coalesce(speed, ''), count(*), {sums}, round(total(cost_usd), 9), sum(cost_usd IS NULL)"
+        " FROM usage_entries GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+    ).fetchall()
+    kept = conn.execute(
+        f"SELECT quarter, model, speed, entries, {columns}, round(cost_usd, 9), unpriced FROM usage_quarters"
+        " WHERE entries > 0 ORDER BY 1, 2, 3"
+    ).fetchall()
+    return [tuple(r) for r in fresh] == [tuple(r) for r in kept]
+
+
 def totals(ctx) -> tuple:
     row = ctx.conn.execute(
         "SELECT count(*), total(input_tokens), total(output_tokens), total(cache_5m_tokens), total(cache_1h_tokens),"
@@ -159,6 +174,7 @@ def test_replaced_and_truncated_files_are_read_again_without_double_counting(ctx
     stats = ingest(ctx, claude)
     assert (stats.files_reset, stats.stored) == (1, 1)
     assert totals(ctx)[0] == 5  # what was seen once is kept
+    assert quarters_match_entries(ctx.conn)
 
 
 def test_usage_outlives_deleted_transcripts(ctx, claude):
@@ -217,6 +233,7 @@ def test_sidechain_replays_are_dropped_and_sidechain_answers_count(ctx, claude):
     ingest(ctx, claude)
     rows = ctx.conn.execute("SELECT message_id, is_sidechain, output_tokens FROM usage_entries ORDER BY message_id").fetchall()
     assert [tuple(r) for r in rows] == [("msg_1", 0, 10), ("msg_side", 0, 3)]
+    assert quarters_match_entries(ctx.conn)
 
 
 def test_keys_without_request_id_or_message_id(ctx, claude):
@@ -273,6 +290,7 @@ def test_stored_costs_follow_price_changes(ctx, claude, home):
     )
     ingest(ctx, claude, prices=pricing.load(ctx.paths.config_dir))
     assert ctx.conn.execute("SELECT cost_usd FROM usage_entries").fetchone()[0] == pytest.approx(7.0)
+    assert quarters_match_entries(ctx.conn)
 
 
 def test_attribution_to_runner_project_and_unassigned(ctx, claude, tmp_path):
@@ -327,3 +345,4 @@ def test_generated_corpus_in_a_process_pool_equals_inline(ctx, claude, tmp_path,
     stats = ingest(ctx, claude)
     assert stats.files_read == 1 and stats.lines == len(new)
     assert stats.stored == 3
+    assert quarters_match_entries(ctx.conn) and quarters_match_entries(inline_conn)
