@@ -217,7 +217,7 @@ def run_pass(conn: sqlite3.Connection, consumer: Consumer, policy: Policy, *, no
         wanted = [e for e in wanted if e.event_id not in done]
     units = consumer.plan(conn, wanted, now) if wanted else []
     covered = {e.event_id for u in units for e in u.events}
-    position = cursor.last_seq
+    position = saved = cursor.last_seq
     attempts = cursor.attempts
     for unit in units:
         if not unit.events:
@@ -235,6 +235,7 @@ def run_pass(conn: sqlite3.Connection, consumer: Consumer, policy: Policy, *, no
                     _park(conn, consumer.name, unit.events, error, attempts, now)
                     position = max(position, unit.covers_to)
                     _save_cursor(conn, consumer.name, position, 0, 0.0, error, now)
+                saved = position
                 result.parked += len(unit.events)
                 log.warning("%s: parked %d event(s) after %d attempt(s): %s", consumer.name, len(unit.events), attempts, error)
                 attempts = 0
@@ -249,13 +250,14 @@ def run_pass(conn: sqlite3.Connection, consumer: Consumer, policy: Policy, *, no
             _record_deliveries(conn, consumer.name, unit.events)
             position = max(position, unit.covers_to)
             _save_cursor(conn, consumer.name, position, 0, 0.0, None, now, delivered=len(unit.events))
+        saved = position
         attempts = 0
         result.delivered += len(unit.events)
         consumer.delivered(unit.events, now)
     pending = [e for e in wanted if e.event_id not in covered and e.seq > position]
     # past everything it does not want, up to the first event it holds back
-    end = pending[0].seq - 1 if pending else batch[-1].seq
-    if end > position:
+    end = max(position, pending[0].seq - 1 if pending else batch[-1].seq)
+    if end > saved:
         with db.write(conn):
             _save_cursor(conn, consumer.name, end, 0, 0.0, None, now, keep_error=True)
     return result

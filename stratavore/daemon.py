@@ -187,6 +187,12 @@ class Daemon:
         scheduler.add_job(self.job("wal_checkpoint", _checkpoint_job), "interval", minutes=10, id="wal_checkpoint")
         status_every = settings.heartbeat_interval
         scheduler.add_job(self.job("agent_status", self._agent_status_job), "interval", seconds=status_every, id="agent_status")
+        # event consumers (notifications, plugins): a quarter-second poll keeps event-to-receiver latency under 1 s
+        from .notify import build_dispatcher
+
+        dispatcher = build_dispatcher(self.ctx)
+        scheduler.add_job(self.job("consumers", dispatcher.run_once), "interval", seconds=0.25, id="consumers")
+        scheduler.add_job(self.job("event_retention", dispatcher.prune), "interval", minutes=10, id="event_retention")
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda *_: self.stopping.set())
         scheduler.start()
@@ -197,6 +203,7 @@ class Daemon:
             scheduler.shutdown(wait=True)
             with db.write(conn):
                 events.append(conn, "daemon", db.node_id(conn), 0, "daemon.stopped", {"pid": os.getpid()})
+            self.job("consumers", lambda c: dispatcher.run_once(c, budget=3.0))()  # send "daemon stopped" now
             log.info("daemon stopped")
             try:
                 self.ctx.paths.daemon_pid_file.unlink()

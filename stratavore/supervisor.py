@@ -114,6 +114,10 @@ def _insert_runners(
     launcher_pid, launcher_started = procs.identity()
     boot = procs.boot_id()
     ids: list[str] = []
+    from .plugins import launch_rewriter
+
+    # plugins that rewrite launch commands, loaded before the write lock (None, and no pluggy, without any)
+    rewrite = launch_rewriter(ctx.paths)
     with db.write(conn):
         project = projects.get(conn, project_name)
         if not Path(cwd).is_dir():
@@ -133,6 +137,8 @@ def _insert_runners(
                     if not conn.execute("SELECT 1 FROM runners WHERE name=?", (name,)).fetchone():
                         break
             plan = agents.plan_launch(agent, command, ctx.settings, runner_name=name, cwd=str(cwd), resume_session=opts.resume_session)
+            if rewrite is not None:
+                plan.command = rewrite(plan.agent, plan.command, {**plan.env, **opts.env})
             runner_id = uuid.uuid4().hex
             insert(
                 conn,

@@ -32,6 +32,8 @@ LAZY_COMMANDS = {
     "demo-agent": "system_cmds",
     "config": "system_cmds",
     "completion": "system_cmds",
+    "notify": "notify_cmds",
+    "plugins": "plugin_cmds",
     "usage": "usage_cmds",
 }
 
@@ -39,6 +41,9 @@ LAZY_COMMANDS = {
 class Root(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         # the order a newcomer meets the commands in, then any registered elsewhere
+        from .plugin_cmds import add_plugin_commands
+
+        add_plugin_commands(self)
         return list(dict.fromkeys([*LAZY_COMMANDS, *self.commands]))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
@@ -46,6 +51,11 @@ class Root(click.Group):
             import importlib
 
             importlib.import_module(f"{__name__}.{LAZY_COMMANDS[cmd_name]}")
+        elif cmd_name not in self.commands:
+            # perhaps a plugin's command
+            from .plugin_cmds import add_plugin_commands
+
+            add_plugin_commands(self)
         return self.commands.get(cmd_name)
 
 

@@ -14,7 +14,7 @@ from .. import demo as demo_mod
 from .. import events as event_log
 from .. import supervisor
 from ..runners import find
-from . import cli, pass_app
+from . import LazyContext, cli, pass_app
 from .render import duration, emit_json, runner_rows, table
 
 
@@ -26,17 +26,28 @@ def _event_line(event: event_log.Event) -> str:
     return f"{event.seq:>6}  {when}  {event.type:<18} {subject}  {details}".rstrip()
 
 
-@cli.command("events")
+@cli.group("events", invoke_without_command=True)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing events as they happen.")
 @click.option("-t", "--type", "types", multiple=True, help="Only this event type; a trailing * matches a prefix (runner.*).")
 @click.option("-r", "--runner", default=None, help="Only this runner's events.")
 @click.option("--since", "since_seq", type=int, default=0, help="Only events after this sequence number.")
 @click.option("-n", "--last", type=int, default=None, help="Only the last N events.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@pass_app
-def events(app, follow: bool, types: tuple[str, ...], runner: str | None, since_seq: int, last: int | None, as_json: bool) -> None:
-    """Show the event log (every state change, in order)."""
+@click.option("--failed", is_flag=True, help="Show parked events instead: a consumer gave up on them (see `events retry`).")
+@click.pass_context
+def events(
+    click_ctx, follow: bool, types: tuple[str, ...], runner: str | None, since_seq: int, last: int | None, as_json: bool, failed: bool
+) -> None:
+    """Show the event log (every state change, in order); `events retry` re-queues parked events."""
+    if click_ctx.invoked_subcommand:
+        return
+    app = click_ctx.find_object(LazyContext)
     conn = app.get().conn
+    if failed:
+        from .notify_cmds import show_parked
+
+        show_parked(conn, as_json)
+        return
     aggregate = find(conn, runner).id if runner else None
     if last is None and follow and since_seq == 0:
         last = 10
@@ -51,6 +62,17 @@ def events(app, follow: bool, types: tuple[str, ...], runner: str | None, since_
         cursor = max([since_seq, event_log.last_seq(conn) if shown or last is not None else since_seq])
         for event in event_log.follow(conn, after_seq=cursor, types=types, aggregate_id=aggregate):
             show(event)
+
+
+@events.command("retry")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all", "all_", is_flag=True, help="Every parked event.")
+@pass_app
+def events_retry(app, ids: tuple[int, ...], all_: bool) -> None:
+    """Queue parked events (IDs from `events --failed`, or --all) for delivery again."""
+    from .notify_cmds import retry_parked
+
+    retry_parked(app.get().conn, list(ids), all_)
 
 
 @cli.group("daemon")
