@@ -257,6 +257,41 @@ MIGRATIONS: list[str] = [
         updated_at REAL NOT NULL
     );
     """,
+    # 5: budgets, the thresholds each crossed in a period, and the actions taken on runners
+    """
+    CREATE TABLE budgets (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        scope TEXT NOT NULL CHECK (scope IN ('global', 'project', 'runner')),
+        target TEXT,
+        limit_usd REAL,
+        limit_tokens INTEGER,
+        period TEXT NOT NULL CHECK (period IN ('day', 'week', 'month', '5h', 'lifetime')),
+        timezone TEXT,
+        warn_percents TEXT NOT NULL DEFAULT '80',
+        action TEXT NOT NULL CHECK (action IN ('refuse', 'interrupt', 'stop', 'notify')),
+        created_at REAL NOT NULL,
+        version INTEGER NOT NULL DEFAULT 1,
+        CHECK (limit_usd IS NOT NULL OR limit_tokens IS NOT NULL)
+    );
+    CREATE TABLE budget_crossings (
+        budget_id INTEGER NOT NULL REFERENCES budgets(id) ON DELETE CASCADE,
+        period_key TEXT NOT NULL,
+        percent INTEGER NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (budget_id, period_key, percent)
+    );
+    CREATE TABLE budget_actions (
+        budget_id INTEGER NOT NULL REFERENCES budgets(id) ON DELETE CASCADE,
+        period_key TEXT NOT NULL,
+        runner_id TEXT NOT NULL,
+        action TEXT NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (budget_id, period_key, runner_id)
+    );
+    CREATE INDEX usage_entries_project_ts ON usage_entries(project_id, ts);
+    CREATE INDEX usage_entries_runner_ts ON usage_entries(runner_id, ts);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
