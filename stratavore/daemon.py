@@ -106,7 +106,16 @@ def status(ctx: Context) -> dict[str, Any]:
         "jobs": jobs,
         "active_runners": count_active(conn),
         "log": str(ctx.paths.daemon_log),
+        "api": _api_status(ctx, info),
     }
+
+
+def _api_status(ctx: Context, info: DaemonInfo | None) -> dict[str, Any] | None:
+    """Where the running daemon's API listens (or why it does not)."""
+    from .apiauth import read_info
+
+    api = read_info(ctx.paths, check_alive=False) if info else None
+    return api.to_dict() if api is not None and info is not None and api.pid == info.pid else None
 
 
 # -- the daemon process --------------------------------------------------------------------------
@@ -160,6 +169,23 @@ class Daemon:
 
         return run
 
+    def _budget_job(self, conn) -> None:
+        """Spend from every transcript (sessions Stratavore did not start count toward global and
+        project budgets too), then every budget's thresholds and actions."""
+        from . import budgets, pricing, supervisor, transcripts
+
+        if not budgets.list_budgets(conn):
+            return
+        roots = transcripts.claude_roots(default=self.ctx.settings.claude_config_dir)
+        transcripts.ingest(conn, roots, pricing.load(self.ctx.paths.config_dir), workers=0)
+        due = budgets.evaluate(conn)
+        if due:
+            ctx = Context(self.ctx.paths, self.ctx.settings)
+            try:
+                supervisor.enforce(ctx, due)
+            finally:
+                ctx.close()
+
     def _agent_status_job(self, conn) -> None:
         """Statuses that no hook reports (agents without hooks, Claude's registry file), and hook
         events spooled while the database was busy: brought up to date without anyone running `ps`."""
@@ -185,6 +211,7 @@ class Daemon:
         settings = self.ctx.settings
         scheduler.add_job(self.job("reconcile", _reconcile_job), "interval", seconds=settings.reconcile_interval, id="reconcile")
         scheduler.add_job(self.job("wal_checkpoint", _checkpoint_job), "interval", minutes=10, id="wal_checkpoint")
+        scheduler.add_job(self.job("budgets", self._budget_job), "interval", seconds=settings.heartbeat_interval, id="budgets")
         status_every = settings.heartbeat_interval
         scheduler.add_job(self.job("agent_status", self._agent_status_job), "interval", seconds=status_every, id="agent_status")
         # event consumers (notifications, plugins): a quarter-second poll keeps event-to-receiver latency under 1 s
@@ -195,11 +222,16 @@ class Daemon:
         scheduler.add_job(self.job("event_retention", dispatcher.prune), "interval", minutes=10, id="event_retention")
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda *_: self.stopping.set())
+        from .api import start_for_daemon
+
+        api_server = start_for_daemon(self.ctx)  # None (logged, and in `daemon status`) if it cannot listen
         scheduler.start()
         try:
             while not self.stopping.wait(1.0):
                 pass
         finally:
+            if api_server is not None:
+                api_server.stop()  # refuses new requests, lets those under way finish
             scheduler.shutdown(wait=True)
             with db.write(conn):
                 events.append(conn, "daemon", db.node_id(conn), 0, "daemon.stopped", {"pid": os.getpid()})

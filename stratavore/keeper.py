@@ -99,6 +99,7 @@ class Keeper:
         self.listener: socket.socket | None = None
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.identity = procs.identity()
+        self.prices: Any = None  # the price table, loaded on the first transcript read
         self.subreaper = False
         self.cpu_sample: tuple[float, float] | None = None  # (cpu seconds of the tree, monotonic time)
 
@@ -621,6 +622,44 @@ class Keeper:
             values.update(self.measure_tree())
         # liveness is best effort: never wait long for it, and never fsync it
         self.transact(lambda: update_fields(self.conn, self.runner_id, **values), durable=False, patience=1.0)
+        if self.agent_pid:
+            try:
+                self.account()
+            except Exception as e:  # noqa: BLE001 - accounting never takes the agent down
+                self.diagnose(f"accounting failed: {e}")
+
+    def account(self) -> None:
+        """Read the agent's new transcript lines, then enforce the budgets that concern this runner:
+        spend shows up here within a heartbeat, with or without the daemon."""
+        row = self.conn.execute(
+            "SELECT runners.session_id, runners.agent, projects.name AS project, sessions.transcript_path FROM runners"
+            " JOIN projects ON projects.id = runners.project_id LEFT JOIN sessions ON sessions.id = runners.session_id"
+            " WHERE runners.id=?",
+            (self.runner_id,),
+        ).fetchone()
+        if row is None:
+            return
+        if row["agent"] == "claude" and row["session_id"] and row["transcript_path"]:
+            from . import pricing, transcripts
+
+            if self.prices is None:
+                self.prices = pricing.load(self.paths.config_dir)
+            files = transcripts.session_files(row["transcript_path"], row["session_id"])
+            if files:
+                transcripts.ingest_files(self.conn, files, self.prices)
+        if self.conn.execute("SELECT 1 FROM budgets LIMIT 1").fetchone() is None:
+            return
+        from .agents import interrupt_keys
+        from .budgets import evaluate
+
+        for item in evaluate(self.conn, runner_id=self.runner_id, project=row["project"]):
+            self.diagnose(f"{item.reason}: {item.action}")
+            if item.action == "interrupt":
+                self.write_input(interrupt_keys(row["agent"]))
+                self.notify_clients(protocol.NOTICE, {"message": f"{item.reason}; interrupted"})
+            elif item.action == "stop":
+                self.notify_clients(protocol.NOTICE, {"message": f"{item.reason}; stopping"})
+                self.stop_requested = True
 
     def measure_tree(self) -> dict[str, Any]:
         """CPU (percent since the last heartbeat), resident memory and process count of the agent's tree."""

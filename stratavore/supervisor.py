@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import agents, db, events, procs, projects, sessions, worktrees
+from . import agents, budgets, db, events, procs, projects, sessions, worktrees
 from .config import RESTART_POLICIES, Settings, parse_signal
 from .context import Context
 from .errors import Conflict, InvalidInput, LaunchFailed, NotFound, QuotaExceeded
@@ -123,6 +123,8 @@ def _insert_runners(
         if not Path(cwd).is_dir():
             raise InvalidInput(f"working directory {cwd!r} does not exist")
         _check_quota(conn, ctx.settings, project, opts.count)
+        # in the same transaction that would create the runners: no launch slips past a spent budget
+        budgets.check_launch(conn, project.name)
         number = conn.execute("SELECT next_runner_number FROM projects WHERE id=?", (project.id,)).fetchone()[0]
         now = db.now()
         for _ in range(opts.count):
@@ -482,3 +484,29 @@ def _project_for(conn, project_id: int | None, cwd: str) -> projects.Project:
     if not containing:
         raise InvalidInput(f"no project contains {cwd}; add one with `stratavore project add NAME {cwd}`")
     return max(containing, key=lambda p: len(p.path))
+
+
+def enforce(ctx: Context, due: list[budgets.Enforcement]) -> None:
+    """Carry out budget actions found by someone other than the runner's keeper (the daemon, a
+    report): an interrupt is typed into the agent's terminal, a stop is a normal stop."""
+    from . import protocol
+
+    for item in due:
+        try:
+            runner = get(ctx.conn, item.runner_id)
+        except NotFound:
+            continue
+        if runner.state not in ACTIVE:
+            continue
+        if item.action == "stop":
+            stop(ctx, [runner])
+        elif item.action == "interrupt":
+            import socket
+
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    sock.settimeout(2.0)
+                    sock.connect(str(ctx.paths.runner_socket(runner.id)))
+                    sock.sendall(protocol.frame(protocol.INPUT, agents.interrupt_keys(runner.agent)))
+            except OSError:
+                pass

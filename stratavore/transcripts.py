@@ -53,7 +53,7 @@ HEAD_BYTES = 4096  # hashed to notice a file replaced by another of at least the
 READ_CHUNK = 8 << 20
 TASK_BYTES = 64 << 20  # one unit of work: bounds the memory a worker holds
 POOL_THRESHOLD = 32 << 20  # below this much new data a pool costs more than it saves
-FLUSH_ENTRIES = 200_000  # rows per write transaction
+FLUSH_ENTRIES = 50_000  # rows per write transaction: large enough to amortise commits, small enough for memory
 CACHE_KIB = 65536  # SQLite page cache while ingesting: the unique index is filled in random order
 US, RS, GS = "\x1f", "\x1e", "\x1d"
 _USAGE_MARK = b'"usage"'
@@ -579,9 +579,14 @@ def _rest(plan: _Plan, chunk: Chunk) -> Iterator[tuple[_Plan, Chunk]]:
 
 
 def default_workers() -> int:
-    """Reader processes: one core stays for this process, which writes while the readers parse
-    (0 on a single core: reading inline is then faster)."""
-    return max(0, min((os.cpu_count() or 1) - 1, 4))
+    """Reader processes: one core stays for this process, which writes while the readers parse. A
+    pool only pays with idle cores (it costs a sixth more CPU in all), so a busy machine reads inline."""
+    cores = os.cpu_count() or 1
+    try:
+        idle = cores - os.getloadavg()[0]
+    except OSError:
+        idle = cores
+    return max(0, min(cores - 1, int(idle), 4))
 
 
 def ingest(
@@ -601,8 +606,36 @@ def ingest(
     plans = _plan(conn, files, stats)
     if plans:
         conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        # each upsert that fires the usage_quarters triggers keeps a statement journal; on disk
+        # that costs more system time than all the parsing
+        conn.execute("PRAGMA temp_store=MEMORY")
         _store(conn, plans, prices, default_workers() if workers is None else workers, stats, progress)
     stats.files_missing = _mark_missing(conn, {f.path for f in files}, roots)
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def session_files(transcript_path: str, session_id: str) -> list[SourceFile]:
+    """One session's transcript and its subagents' (which count toward it)."""
+    path = Path(transcript_path)
+    project_dir = path.parent.name
+    files = [SourceFile(str(path), session_id, project_dir)] if path.is_file() else []
+    subagents = path.parent / session_id / "subagents"
+    if subagents.is_dir():
+        files += [SourceFile(str(p), session_id, project_dir) for p in sorted(subagents.glob("*.jsonl"))]
+    return files
+
+
+def ingest_files(conn: sqlite3.Connection, files: list[SourceFile], prices: PriceTable) -> IngestStats:
+    """Read what is new in just these transcripts, in this process (a keeper following its agent's
+    session every few seconds has no need to walk the whole transcript tree)."""
+    started = time.perf_counter()
+    stats = IngestStats(roots=[])
+    stats.files = len(files)
+    _refresh(conn, prices)
+    plans = _plan(conn, files, stats)
+    if plans:
+        _store(conn, plans, prices, 0, stats, None)
     stats.seconds = time.perf_counter() - started
     return stats
 

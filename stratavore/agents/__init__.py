@@ -34,6 +34,11 @@ class LaunchPlan:
     transcript_path: str | None = None
 
 
+def interrupt_keys(agent: str) -> bytes:
+    """What a person types to interrupt the agent's current work: Escape in Claude Code, Ctrl-C elsewhere."""
+    return b"\x1b" if agent == "claude" else b"\x03"
+
+
 def agent_names(settings: Settings) -> list[str]:
     return sorted({"claude", "generic", *PRESETS, *settings.agent_presets})
 

@@ -35,6 +35,8 @@ LAZY_COMMANDS = {
     "notify": "notify_cmds",
     "plugins": "plugin_cmds",
     "usage": "usage_cmds",
+    "budget": "budget_cmds",
+    "api": "api_cmds",
 }
 
 
