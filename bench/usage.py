@@ -13,8 +13,8 @@ daily reports are checked to agree (tokens exact) before any figure is printed.
     python bench/usage.py --json
 
 The corpus lives in --cache-dir (default: $TMPDIR/stratavore-bench-corpus), keyed by size, seed and
-the generator's source, and is never modified: each run works on a copy made of hard links, and the
-files that get appended to are copied first.
+the generator's source, and is never modified: each run works on a copy made of hard links, except
+for the files that get appended to, which are copied.
 """
 
 from __future__ import annotations
@@ -91,22 +91,25 @@ def corpus(cache_dir: Path, size: int, seed: int) -> Path:
     return path
 
 
-def working_copy(pristine: Path, into: Path) -> Path:
-    """Hard links: instant, and appends go to files copied first (see append_megabyte)."""
+APPEND_FILES = 5
+
+
+def working_copy(pristine: Path, into: Path) -> tuple[Path, list[Path]]:
+    """Hard links (instant), except for the few files step 3 appends to: those are real copies made
+    now, so that appending keeps their inode, as a growing transcript does."""
     shutil.copytree(pristine / "claude", into, copy_function=os.link)
-    return into
+    targets = sorted((into / "projects").glob("*/*.jsonl"))[:APPEND_FILES]
+    for path in targets:
+        data = path.read_bytes()
+        path.unlink()
+        path.write_bytes(data)
+    return into, targets
 
 
-def append_megabyte(claude: Path) -> int:
-    files = sorted((claude / "projects").glob("*/*.jsonl"))[:5]
-    added = 0
-    seed = 1000
+def append_megabyte(targets: list[Path]) -> int:
+    added, seed = 0, 1000
     while added < 1_000_000:
-        for path in files:
-            if path.stat().st_nlink > 1:  # break the hard link before writing
-                data = path.read_bytes()
-                path.unlink()
-                path.write_bytes(data)
+        for path in targets:
             lines = append_session_lines(path, calls=20, seed=seed)
             added += sum(len(line) + 1 for line in lines)
             seed += 1
@@ -142,7 +145,7 @@ def main() -> None:
     notes = [] if ccusage else [f"ccusage {CCUSAGE_VERSION} not found (npm install -g ccusage@{CCUSAGE_VERSION}): its column is empty"]
     results: dict[str, dict[str, Measure]] = {}
     with tempfile.TemporaryDirectory(prefix="sv-bench-") as tmp:
-        claude = working_copy(pristine, Path(tmp) / "claude")
+        claude, targets = working_copy(pristine, Path(tmp) / "claude")
         base_env = {k: v for k, v in os.environ.items() if not k.startswith(("STRATAVORE_", "CLAUDE_CONFIG_DIR"))}
         ours_env = {**base_env, "STRATAVORE_HOME": str(Path(tmp) / "home"), "CLAUDE_CONFIG_DIR": str(claude)}
         # ccusage also scans other agents' data under $HOME: give it an empty one
@@ -160,7 +163,7 @@ def main() -> None:
 
         step("first run (full ingest + daily report)")
         step("second daily report, nothing new")
-        appended = append_megabyte(claude)
+        appended = append_megabyte(targets)
         step(f"daily report after appending {appended / 1e6:.1f} MB")
     report(results, size, notes)
     if args.json:
