@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from . import projects, supervisor
+from . import budgets, events, projects, supervisor
 from .context import Context
 from .daemon import self_command
 from .errors import NotFound
@@ -20,6 +20,8 @@ from .runners import Runner, get
 from .sessions import refresh_statuses
 
 DEMO_PROJECT = "demo"
+# small enough for a few simulated turns to cross it, so the tour shows a budget being hit
+DEMO_BUDGET_USD = 0.05
 # what each simulated agent types by itself; a prompt about editing asks for permission and waits
 SCRIPTS = [
     "please edit app.py to add logging|run the tests",
@@ -34,6 +36,7 @@ def run(
     say: Callable[[str], None],
     show_table: Callable[[list[Runner]], None],
     show_sessions: Callable[[], None],
+    show_usage: Callable[[], None],
 ) -> list[Runner]:
     """Launch ``count`` simulated agents and show what Stratavore sees. Returns the runners left running."""
     conn = ctx.conn
@@ -65,12 +68,25 @@ def run(
     say(f"$ stratavore launch {DEMO_PROJECT} --agent claude        # x{count}, a simulated Claude Code")
     for r in started:
         say(f"{r.name}  {r.short_id}  running  pid {r.agent_pid}  session {r.session_id}")
-    time.sleep(3.0)
+    budget = budgets.set_budget(
+        ctx.conn, scope="project", target=project.name, usd=DEMO_BUDGET_USD, period="day", warn="50", action="notify"
+    )
+    say(f"$ stratavore budget set --project {DEMO_PROJECT} --usd {DEMO_BUDGET_USD} --period day --warn 50 --action notify")
+    time.sleep(4.0)
     refresh_statuses(ctx.conn, ctx.settings, [get(ctx.conn, r.id) for r in started])
     say("\n$ stratavore ps          # STATUS comes from the agent's own hooks: working, waiting, idle")
     show_table([get(ctx.conn, r.id) for r in started])
+    say("\n$ stratavore usage session      # tokens and cost, from the agents' own transcripts")
+    show_usage()
     say("\n$ stratavore sessions")
     show_sessions()
+    # what every keeper does at each heartbeat, done now so the demo need not wait for one
+    budgets.evaluate(ctx.conn)
+    standing = budgets.standing(ctx.conn, budgets.get(ctx.conn, budget.name))
+    say("\n$ stratavore budget list")
+    say(f"{budget.name}: ${standing.spent_usd:.4f} of ${DEMO_BUDGET_USD} spent today ({standing.percent:.0f}%)")
+    for event in events.list_events(ctx.conn, types=("budget.warning", "budget.exceeded")):
+        say(f"  event {event.type}: {event.payload['threshold']}% of {event.payload['name']} reached")
     first = started[0]
     from . import logs
 

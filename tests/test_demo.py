@@ -11,6 +11,8 @@ def test_demo_with_cleanup_leaves_nothing_running(sv, home):
     assert "$ stratavore sessions" in out and "claude" in out
     assert "waiting: permission" in out  # demo-1's first prompt asks for permission, and ps shows it
     assert list((home / "data" / "demo-claude" / "projects").glob("*/*.jsonl"))  # transcripts, not in ~/.claude
+    assert "$ stratavore usage session" in out and "TOTAL" in out
+    assert "event budget.exceeded: 100% of project:demo:day reached" in out  # the simulated agents hit the demo budget
     assert "Allow? (y/n)" in out or "Done:" in out  # the logs section shows the simulated agent's terminal
     assert "stratavore attach demo-1" in out
     assert "Nothing is left running" in out

@@ -106,6 +106,9 @@ def daemon_status(app, as_json: bool) -> int:
         emit_json(status)
     elif status["running"]:
         click.echo(f"Daemon running (pid {status['pid']}, up {duration(status['uptime'])}), {status['active_runners']} active runner(s)")
+        api = status.get("api") or {}
+        where = " and ".join(filter(None, [api.get("url"), api.get("socket") and f"unix:{api['socket']}"]))
+        click.echo(f"API: {where}" if where else f"API: not listening{': ' + api['error'] if api.get('error') else ''}")
     else:
         click.echo(f"Daemon not running; {status['active_runners']} active runner(s) keep running without it")
     if not as_json and status["jobs"]:
@@ -144,7 +147,14 @@ def demo(app, count: int, cleanup: bool) -> None:
     def show_sessions() -> None:
         click.get_current_context().invoke(sessions_command, project=demo_mod.DEMO_PROJECT, include_external=False, as_json=False)
 
-    started = demo_mod.run(ctx, count, click.echo, lambda rs: click.echo(runner_rows(rs)), show_sessions)
+    def show_usage() -> None:
+        from .usage_cmds import usage_session
+
+        click.get_current_context().invoke(
+            usage_session, since=None, until=None, tz_name=None, claude_dir=None, as_json=False, session_id=None
+        )
+
+    started = demo_mod.run(ctx, count, click.echo, lambda rs: click.echo(runner_rows(rs)), show_sessions, show_usage)
     names = " ".join(r.name for r in started)
     first = started[0].name
     tips = [
