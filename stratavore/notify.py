@@ -6,9 +6,10 @@ retries, its own parked events, so a channel that is down delays nobody else.
 Routing: a channel receives the event types it was added with (default :data:`DEFAULT_EVENTS`;
 ``runner.*`` matches a prefix). A runner waiting for input alerts once per wait (``runner.waiting``
 is emitted once per change of status) and not again for the same runner within ``notify_cooldown``
-seconds. A flood is summarised: when more events are pending than a channel may still send in the
-current ``notify_flood_window`` (``notify_flood_max`` messages per window), they go out as one
-summary message rather than one by one.
+seconds. ``runner.idle`` alerts when an agent finishes its turn, not when a fresh one first reports.
+A flood is summarised: when more events are pending than a channel may still send in the current
+``notify_flood_window`` (``notify_flood_max`` messages per window), they go out as one summary
+message rather than one by one.
 
 Storage: the non-secret part of a channel (kind, options such as the ntfy topic or the webhook
 format, the event types) is a row of ``notify_channels`` in SQLite; its secrets (tokens, webhook
@@ -206,10 +207,7 @@ def describe(event: Event, project: str | None = None) -> Message:
             details.append(f"exit code {p['exit_code']}")
         title, body = f"{name} {verb}{where}", "; ".join(d for d in details if d)
     elif t.startswith("budget."):
-        scope = p.get("budget") or p.get("name") or p.get("scope") or "budget"
-        level = "exceeded" if t == "budget.exceeded" else "warning"
-        title = f"Budget {level}: {scope}"
-        body = p.get("message") or ", ".join(f"{k}={v}" for k, v in sorted(p.items()) if k not in ("name", "budget", "message"))
+        title, body = _budget(t, p)
     elif t == "daemon.started":
         title, body = "Stratavore daemon started", f"pid {p.get('pid')}, {p.get('adopted', 0)} runner(s) adopted"
     elif t == "daemon.stopped":
@@ -219,6 +217,23 @@ def describe(event: Event, project: str | None = None) -> Message:
         body = ", ".join(f"{k}={v}" for k, v in sorted(p.items()) if k != "name" and v is not None)
     priority = "high" if t in HIGH_PRIORITY else "default"
     return Message(title, body, priority, [t.split(".")[-1]], [event.to_dict()])
+
+
+def _budget(event_type: str, p: dict[str, Any]) -> tuple[str, str]:
+    level = "exceeded" if event_type == "budget.exceeded" else "warning"
+    percent = f" at {p['percent']:g}%" if isinstance(p.get("percent"), int | float) else ""
+    title = f"Budget {level}: {p.get('name') or 'budget'}{percent}"
+    spent = []
+    if p.get("limit_usd") is not None:
+        spent.append(f"${p.get('spent_usd') or 0:.2f} of ${p['limit_usd']:.2f}")
+    if p.get("limit_tokens") is not None:
+        spent.append(f"{p.get('spent_tokens') or 0:,} of {p['limit_tokens']:,} tokens")
+    scope = p.get("scope")
+    where = f"{scope} {p['target']}" if scope and p.get("target") else scope
+    details = ["; ".join(spent), where, f"period {p['period']}" if p.get("period") else None]
+    if p.get("action") and level == "exceeded":
+        details.append(f"action: {p['action']}")
+    return title, ", ".join(d for d in details if d)
 
 
 def summarise(events: list[Event], projects: dict[str, str]) -> Message:
@@ -405,6 +420,8 @@ class ChannelConsumer(Consumer):
         keep: list[Event] = []
         quiet: dict[str, float] = {}
         for event in events:
+            if event.type == "runner.idle" and not event.payload.get("previous"):
+                continue  # an agent that just started is idle: nothing finished, nothing to say
             if event.type == "runner.waiting" and self.cooldown > 0:
                 last = quiet.get(event.aggregate_id)
                 if last is None:

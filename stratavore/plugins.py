@@ -233,7 +233,8 @@ def _ensure_bundled_package() -> None:
     except ModuleNotFoundError as e:
         if e.name != BUNDLED_PACKAGE:
             raise
-    folder = Path(__file__).resolve().parent.parent / "plugins"
+    frozen = getattr(sys, "_MEIPASS", None)  # a PyInstaller executable ships them as data files
+    folder = Path(frozen) / "stratavore_bundled_plugins" if frozen else Path(__file__).resolve().parent.parent / "plugins"
     package = types.ModuleType(BUNDLED_PACKAGE)
     package.__path__ = [str(folder)]
     package.__package__ = BUNDLED_PACKAGE

@@ -36,6 +36,7 @@ def fast_ctx(**settings) -> Context:
 
 
 def emit(conn, type: str, name: str = "web-1", aggregate: str = "r1", **payload) -> None:
+    payload.setdefault("previous", "working")
     with db.write(conn):
         events.append(conn, "runner", aggregate, 1, type, {"name": name, **payload})
 
@@ -166,6 +167,7 @@ def test_a_waiting_runner_alerts_once_within_the_cooldown(ctx, receiver):
     emit(ctx.conn, "runner.working")
     emit(ctx.conn, "runner.waiting", detail="permission prompt again")
     emit(ctx.conn, "runner.waiting", aggregate="r2", name="web-2")
+    emit(ctx.conn, "runner.idle", aggregate="r3", name="web-3", previous=None)  # just started: nothing to say
     dispatcher.run_once(ctx.conn)
     # a restarted daemon remembers the last alert (from the delivery records)
     emit(ctx.conn, "runner.waiting", detail="and again")
@@ -299,3 +301,13 @@ def test_secrets_use_a_working_keyring_and_never_a_forgetful_one(ctx, monkeypatc
         assert secretstore.get(ctx.paths, "k") == "v2"
     finally:
         keyring.set_keyring(previous)
+
+
+def test_budget_events_read_well():
+    from stratavore.events import Event
+
+    payload = {"name": "daily", "scope": "project", "target": "web", "threshold": 100, "percent": 104.2, "spent_usd": 10.42}
+    payload.update(limit_usd=10.0, spent_tokens=5, limit_tokens=None, period="2026-11-22", action="stop")
+    message = notify.describe(Event(1, "e", "n", "budget", "daily", 1, "budget.exceeded", payload, 0))
+    assert (message.title, message.priority) == ("Budget exceeded: daily at 104.2%", "high")
+    assert message.body == "$10.42 of $10.00, project web, period 2026-11-22, action: stop"
