@@ -149,9 +149,10 @@ class ApiInfo:
     url: str | None  # http://127.0.0.1:7878, when listening on TCP
     socket: str | None  # the unix socket's path, when listening on one
     runner_key: str  # hex
+    error: str | None = None  # why the daemon's API is not listening
 
     def to_dict(self) -> dict[str, Any]:
-        return {"pid": self.pid, "url": self.url, "socket": self.socket}
+        return {"url": self.url, "socket": self.socket, "error": self.error}
 
 
 def info_file(paths: Paths) -> Path:
@@ -163,8 +164,17 @@ def write_info(paths: Paths, info: ApiInfo) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump({"pid": info.pid, "started": info.started, "url": info.url, "socket": info.socket, "runner_key": info.runner_key}, f)
+        data = {"pid": info.pid, "started": info.started, "url": info.url, "socket": info.socket, "runner_key": info.runner_key}
+        json.dump({**data, "error": info.error}, f)
     os.replace(tmp, path)
+
+
+def write_error(paths: Paths, error: str) -> None:
+    """Record why the daemon's API is not listening (shown by `daemon status`)."""
+    from . import procs
+
+    pid, started = procs.identity()
+    write_info(paths, ApiInfo(pid, started, None, None, "", error))
 
 
 def remove_info(paths: Paths, pid: int) -> None:
@@ -178,7 +188,9 @@ def read_info(paths: Paths, *, check_alive: bool = True) -> ApiInfo | None:
     """The running API's addresses, or None when no live daemon serves one."""
     try:
         data = json.loads(info_file(paths).read_text())
-        info = ApiInfo(int(data["pid"]), float(data["started"]), data.get("url"), data.get("socket"), str(data["runner_key"]))
+        info = ApiInfo(
+            int(data["pid"]), float(data["started"]), data.get("url"), data.get("socket"), str(data["runner_key"]), data.get("error")
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if check_alive:
@@ -201,6 +213,6 @@ def hook_target(paths: Paths, runner_name: str) -> HookTarget | None:
     """Where a runner's Claude hooks should POST, when the daemon's API listens on TCP; else None
     (Claude Code's http hooks cannot reach a unix socket, and a down daemon would drop every event)."""
     info = read_info(paths)
-    if info is None or not info.url:
+    if info is None or not info.url or not info.runner_key:
         return None
     return HookTarget(f"{info.url}/v1/hooks/claude", runner_token(bytes.fromhex(info.runner_key), runner_name))

@@ -74,12 +74,24 @@ def start(ctx: Context, timeout: float = 10.0) -> DaemonInfo:
         if info and info.pid == proc.pid:
             # the daemon's stderr must not hold a pipe to us once we are gone
             proc.stderr.close() if proc.stderr else None
+            _wait_for_api(ctx, info, deadline)
             return info
         if proc.poll() is not None:
             err = (proc.stderr.read().decode(errors="replace").strip().splitlines() or [""])[-1] if proc.stderr else ""
             raise DaemonError(f"the daemon exited at start-up{': ' + err if err else ''} (see {ctx.paths.daemon_log})")
         time.sleep(0.02)
     raise DaemonError(f"the daemon did not start within {timeout:g}s (see {ctx.paths.daemon_log})")
+
+
+def _wait_for_api(ctx: Context, info: DaemonInfo, deadline: float) -> None:
+    """Return once the new daemon's API listens (or has given up), so a script can use it right away."""
+    from .apiauth import read_info
+
+    while time.monotonic() < deadline and info.alive:
+        api = read_info(ctx.paths, check_alive=False)
+        if api is not None and api.pid == info.pid:
+            return
+        time.sleep(0.02)
 
 
 def stop(ctx: Context, timeout: float = 15.0) -> DaemonInfo:

@@ -145,6 +145,9 @@ class SimulatedClaude:
             if matcher not in ("", "*") and (target is None or not re.fullmatch(matcher, str(target))):
                 continue
             for handler in group.get("hooks", []):
+                if handler.get("type") == "http":
+                    self.post_hook(event, handler, data)
+                    continue
                 if handler.get("type") != "command":
                     continue
                 t0 = time.monotonic()
@@ -164,6 +167,27 @@ class SimulatedClaude:
                 if self.hook_log:
                     with open(self.hook_log, "a") as f:
                         f.write(f"{event} {(time.monotonic() - t0) * 1000:.2f}\n")
+
+    def post_hook(self, event: str, handler: dict[str, Any], data: bytes) -> None:
+        """An http hook, as Claude Code sends one: the event's JSON POSTed to the URL, $VAR in headers taken
+        from the environment only for names in allowedEnvVars (others become empty); a failure never stops us."""
+        import urllib.request
+
+        allowed = set(handler.get("allowedEnvVars") or [])
+
+        def expand(value: str) -> str:
+            return re.sub(r"\$\{?(\w+)\}?", lambda m: os.environ.get(m.group(1), "") if m.group(1) in allowed else "", value)
+
+        headers = {"Content-Type": "application/json", **{k: expand(str(v)) for k, v in (handler.get("headers") or {}).items()}}
+        request = urllib.request.Request(str(handler.get("url")), data=data, headers=headers, method="POST")
+        t0 = time.monotonic()
+        try:
+            urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=float(handler.get("timeout", 60))).read()
+        except (OSError, ValueError):
+            pass
+        if self.hook_log:
+            with open(self.hook_log, "a") as f:
+                f.write(f"{event} {(time.monotonic() - t0) * 1000:.2f}\n")
 
     def pause(self, seconds: float) -> None:
         time.sleep(seconds * self.speed)

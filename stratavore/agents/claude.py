@@ -11,7 +11,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ..apiauth import HookTarget, hook_target
 from ..config import Settings
+from ..paths import resolve_paths
 from . import LaunchPlan
 
 # the hooks Stratavore installs for each run (with --settings), and what each tells us
@@ -82,11 +84,21 @@ def hook_command() -> str:
     return shlex.join([sys.executable, "-S", "-c", code])
 
 
-def hook_settings(command: str) -> dict[str, Any]:
+# http hooks name their runner and carry its runner token (which opens only that runner's reports);
+# Claude Code fills both in from the agent's environment, so neither appears on the command line
+HTTP_HOOK_HEADERS = {"Authorization": "Bearer $STRATAVORE_API_TOKEN", "X-Stratavore-Runner": "$STRATAVORE_RUNNER_ID"}
+
+
+def hook_settings(command: str, http: HookTarget | None = None) -> dict[str, Any]:
+    """Per-run hooks: ``command`` for each event, or, with ``http`` (the daemon's API is up), a POST to
+    the API instead, which spares the agent an interpreter start per event."""
     hooks: dict[str, Any] = {}
     for event in HOOK_EVENTS:
         handler: dict[str, Any] = {"type": "command", "command": command, "timeout": HOOK_TIMEOUT_SECONDS}
-        if event in ASYNC_HOOKS:
+        if http is not None:
+            handler = {"type": "http", "url": http.url, "headers": HTTP_HOOK_HEADERS, "timeout": HOOK_TIMEOUT_SECONDS}
+            handler["allowedEnvVars"] = ["STRATAVORE_API_TOKEN", "STRATAVORE_RUNNER_ID"]
+        elif event in ASYNC_HOOKS:
             handler["async"] = True
         hooks[event] = [{"hooks": [handler]}]
     return {"hooks": hooks}
@@ -94,7 +106,9 @@ def hook_settings(command: str) -> dict[str, Any]:
 
 def plan(user_args: list[str], settings: Settings, *, runner_name: str, cwd: str, resume_session: str | None) -> LaunchPlan:
     base = shlex.split(settings.claude_command)
-    settings_json = json.dumps(hook_settings(hook_command()), separators=(",", ":"))
+    # http hooks while the daemon's API is up; command hooks (which work without it) otherwise
+    target = hook_target(resolve_paths(), runner_name)
+    settings_json = json.dumps(hook_settings(hook_command(), target), separators=(",", ":"))
     if resume_session:
         session_id = resume_session
         command = [*base, "--resume", session_id, "-n", runner_name, "--settings", settings_json, *user_args]
@@ -106,6 +120,7 @@ def plan(user_args: list[str], settings: Settings, *, runner_name: str, cwd: str
         command=command,
         session_id=session_id,
         transcript_path=str(transcript_path(settings, cwd, session_id)),
+        env={"STRATAVORE_API_TOKEN": target.token} if target else {},
     )
 
 
