@@ -728,7 +728,7 @@ def runner_json(runner: Runner, now: float | None = None) -> dict[str, Any]:
 def _runner_list_sql(conn: sqlite3.Connection) -> str:
     """SQLite builds the JSON of a runner list itself: for a thousand runners that is ten times faster
     than dataclasses and json.dumps. The fields are Runner.to_dict()'s, in the same order. The caller
-    appends its WHERE clause and ORDER BY, then the closing parenthesis."""
+    puts its WHERE clause (on the runners table) in place of ``{where}``."""
     from dataclasses import fields
 
     columns = {r[1] for r in conn.execute("PRAGMA table_info(runners)")}
@@ -745,7 +745,11 @@ def _runner_list_sql(conn: sqlite3.Connection) -> str:
     obj = "json_object(" + ", ".join(f"'{k}', {v}" for k, v in pairs[:60]) + ")"
     for start in range(60, len(pairs), 60):
         obj = f"json_insert({obj}, " + ", ".join(f"'$.{k}', {v}" for k, v in pairs[start : start + 60]) + ")"
-    return f"SELECT json_group_array(json(j)) FROM (SELECT {obj} AS j FROM runners JOIN projects ON projects.id = runners.project_id"
+    # the rows are filtered and ordered in a subquery, and the JSON built over them outside it: built
+    # inside, it would come out as text and have to be parsed again
+    return f"SELECT json_group_array({obj}) FROM (SELECT * FROM runners{{where}} ORDER BY created_at, name) AS runners" + (
+        " JOIN projects ON projects.id = runners.project_id"
+    )
 
 
 class Api:
@@ -949,14 +953,19 @@ class Api:
         if self._list_sql is None:
             self._list_sql = _runner_list_sql(conn)
         where, params = [], {"now": time.time()}
-        filters = (("project", "projects.name"), ("state", "runners.state"), ("agent", "runners.agent"), ("status", "runners.agent_status"))
-        for key, column in filters:
+        filters = (
+            ("project", "project_id = (SELECT id FROM projects WHERE name = :project)"),
+            ("state", "state = :state"),
+            ("agent", "agent = :agent"),
+            ("status", "agent_status = :status"),
+        )
+        for key, clause in filters:
             if key in q:
-                where.append(f"{column} = :{key}")
+                where.append(clause)
                 params[key] = q[key]
         if not q.get("all") and "state" not in q:
-            where.append(f"runners.state IN ({', '.join(repr(s) for s in ACTIVE_VALUES)})")
-        sql = self._list_sql + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY runners.created_at, runners.name)"
+            where.append(f"state IN ({', '.join(repr(s) for s in ACTIVE_VALUES)})")
+        sql = self._list_sql.replace("{where}", " WHERE " + " AND ".join(where) if where else "")
         array = conn.execute(sql, params).fetchone()[0]
         return Response(200, b'{"runners":' + array.encode() + b"}")
 

@@ -376,6 +376,7 @@ def test_http_hooks_change_a_runners_status(server, client, workdir):
 def test_heartbeat_batches_are_durable_and_coalesced(server, client, ctx, workdir):
     runners = launch_sleeper(client, workdir, count=3)
     ids = [r["id"] for r in runners]
+    assert [r["name"] for r in client.get("/v1/runners").json()["runners"]] == ["web-1", "web-2", "web-3"]
     before = server.api.heartbeats.transactions
     batch = {"heartbeats": [{"runner": i, "cpu_percent": 12.5, "rss_bytes": 4096, "process_count": 2} for i in ids]}
     response = client.post("/v1/heartbeats", json={"heartbeats": [*batch["heartbeats"], {"runner": "nope"}]})
