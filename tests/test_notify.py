@@ -311,3 +311,18 @@ def test_budget_events_read_well():
     message = notify.describe(Event(1, "e", "n", "budget", "daily", 1, "budget.exceeded", payload, 0))
     assert (message.title, message.priority) == ("Budget exceeded: daily at 104.2%", "high")
     assert message.body == "$10.42 of $10.00, project web, period 2026-11-22, action: stop"
+
+
+def test_http_failures_are_classified(receiver):
+    from stratavore.consumers import DeliveryError, PermanentError
+
+    receiver.script = [429, 503, 404]
+    with pytest.raises(DeliveryError) as busy:
+        notify.http_post(receiver.url, json_body={})
+    assert not busy.value.permanent and busy.value.retry_after is None
+    with pytest.raises(DeliveryError) as down:
+        notify.http_post(receiver.url, json_body={})
+    assert not down.value.permanent and str(down.value).startswith("HTTP 503")
+    with pytest.raises(PermanentError, match="HTTP 404"):
+        notify.http_post(receiver.url, json_body={})
+    assert notify.http_post(receiver.url, json_body={}).status_code == 200

@@ -106,7 +106,7 @@ def notify_list(app, as_json: bool) -> None:
         click.echo("No notification channels; add one with `stratavore notify add ntfy --topic ...`")
         return
     rows = [[c["name"], c["kind"], c["target"], ",".join(c["events"]), c["delivered"], c["parked"], c["last_error"] or ""] for c in out]
-    click.echo(table(["NAME", "KIND", "TARGET", "EVENTS", "SENT", "PARKED", "LAST ERROR"], rows))
+    click.echo(table(["NAME", "KIND", "TARGET", "EVENTS", "DELIVERED", "PARKED", "LAST ERROR"], rows))
 
 
 @notify.command("rm")
