@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -44,12 +45,19 @@ CCUSAGE_VERSION = "20.0.24"
 @dataclass
 class Measure:
     seconds: float
+    cpu: float  # user + system seconds of the whole process tree: steadier than wall time on a busy machine
     peak_rss: int  # bytes, the whole process tree
     output: str
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure(argv: list[str], env: dict[str, str]) -> Measure:
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        cpu_before = _children_cpu()
         started = time.perf_counter()
         # output goes to files, not pipes, so that polling memory never stalls a writer on a full pipe
         proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env)
@@ -66,7 +74,7 @@ def measure(argv: list[str], env: dict[str, str]) -> Measure:
         err.seek(0)
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {err.read().decode(errors='replace')[-2000:]}")
-        return Measure(seconds, peak, out.read().decode())
+        return Measure(seconds, _children_cpu() - cpu_before, peak, out.read().decode())
 
 
 def parse_size(text: str) -> int:
@@ -176,8 +184,18 @@ def main() -> None:
 
 
 def report(results: dict[str, dict[str, Measure]], size: int, notes: list[str]) -> None:
-    print(f"\ncorpus: {size / 1e9:.2f} GB of transcripts; Python {sys.version.split()[0]}, {os.cpu_count()} cores\n")
-    header = ["step", "stratavore", "ccusage", "ccusage / stratavore", "peak RSS stratavore", "peak RSS ccusage"]
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\ncorpus: {size / 1e9:.2f} GB of transcripts; Python {sys.version.split()[0]}, {os.cpu_count()} cores, load average {load}\n")
+    header = [
+        "step",
+        "stratavore",
+        "ccusage",
+        "ccusage / stratavore",
+        "CPU stratavore",
+        "CPU ccusage",
+        "peak RSS stratavore",
+        "peak RSS ccusage",
+    ]
     rows = []
     for name, row in results.items():
         ours, theirs = row["stratavore"], row.get("ccusage")
@@ -187,6 +205,8 @@ def report(results: dict[str, dict[str, Measure]], size: int, notes: list[str]) 
                 f"{ours.seconds:.2f} s",
                 f"{theirs.seconds:.2f} s" if theirs else "-",
                 f"{theirs.seconds / ours.seconds:.1f}x" if theirs else "-",
+                f"{ours.cpu:.2f} s",
+                f"{theirs.cpu:.2f} s" if theirs else "-",
                 f"{ours.peak_rss / 2**20:.0f} MB",
                 f"{theirs.peak_rss / 2**20:.0f} MB" if theirs else "-",
             ]
