@@ -9,7 +9,8 @@ history outlives Claude Code's own transcript cleanup.
 Deduplication follows ccusage 20.0.24, verified against it (see tests/test_ccusage.py):
 - Claude Code writes one line per content block, each repeating ``message.id``, ``requestId`` and
   the usage so far: entries with the same (message.id, requestId) count once, the one with the
-  largest token total winning (on a tie, the one that carries ``speed``; otherwise the first seen).
+  largest token total winning (on a tie the costlier, then the one that carries ``speed``, then the
+  first seen, files being read in path order).
   An entry without requestId keys on (message.id, nothing); one without message.id is never merged.
 - A sidechain entry (``/btw`` replays, subagents) is dropped when its message.id is known from a
   non-sidechain entry, whatever the requestId; sidechain entries sharing a message.id count once.
@@ -22,7 +23,8 @@ nothing). Because US (0x1f) sorts right after RS (0x1e), "some main-chain entry 
 is a range probe on that index.
 
 Reading is the hot path: lines without ``"usage"`` are skipped before any parsing, files are parsed
-in a process pool when there is much to read, and rows are written in large transactions.
+in a process pool when there is much to read and cores are idle, repeats within a file are collapsed
+before they reach SQLite, and rows are written in large transactions.
 """
 
 from __future__ import annotations
@@ -605,10 +607,6 @@ def ingest(
     _refresh(conn, prices)
     plans = _plan(conn, files, stats)
     if plans:
-        conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        # each upsert that fires the usage_quarters triggers keeps a statement journal; on disk
-        # that costs more system time than all the parsing
-        conn.execute("PRAGMA temp_store=MEMORY")
         _store(conn, plans, prices, default_workers() if workers is None else workers, stats, progress)
     stats.files_missing = _mark_missing(conn, {f.path for f in files}, roots)
     stats.seconds = time.perf_counter() - started
@@ -669,19 +667,30 @@ def _store(
     stats: IngestStats,
     progress: Callable[[IngestStats], None] | None,
 ) -> None:
-    attribute = Attributor(conn)
-    batch: list[tuple[_Plan, Chunk]] = []
-    batch_entries = 0
-    for plan, chunk in _results(plans, workers):
-        batch.append((plan, chunk))
-        batch_entries += len(chunk.entries)
-        if batch_entries >= FLUSH_ENTRIES:
+    # each upsert that fires the usage_quarters triggers keeps a statement journal; on disk that
+    # costs more system time than all the parsing
+    conn.execute("PRAGMA temp_store=MEMORY")
+    # a big import fills the unique index at random: a large page cache then, returned afterwards
+    # (a keeper following one session must stay small)
+    cache_size = conn.execute("PRAGMA cache_size").fetchone()[0]
+    if sum(max(0, p.size - p.start) for p in plans) > POOL_THRESHOLD:
+        conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+    try:
+        attribute = Attributor(conn)
+        batch: list[tuple[_Plan, Chunk]] = []
+        batch_entries = 0
+        for plan, chunk in _results(plans, workers):
+            batch.append((plan, chunk))
+            batch_entries += len(chunk.entries)
+            if batch_entries >= FLUSH_ENTRIES:
+                _flush(conn, batch, prices, attribute, stats)
+                batch, batch_entries = [], 0
+                if progress:
+                    progress(stats)
+        if batch:
             _flush(conn, batch, prices, attribute, stats)
-            batch, batch_entries = [], 0
-            if progress:
-                progress(stats)
-    if batch:
-        _flush(conn, batch, prices, attribute, stats)
+    finally:
+        conn.execute(f"PRAGMA cache_size={cache_size}")
 
 
 def _flush(
