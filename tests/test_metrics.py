@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
-import types
+import time
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -54,16 +53,20 @@ def fast_ctx(request, monkeypatch):
 
 
 @pytest.fixture
-def budgets_module(monkeypatch):
-    """A stand-in for the budgets module's side of the contract (``utilisation(conn, now)``)."""
-    fake = types.ModuleType("stratavore.budgets")
-    fake.utilisation = lambda conn, now: [  # type: ignore[attr-defined]
-        {"id": 1, "scope": "project", "target": "web", "period": "day", "limit_usd": 20.0, "spent_usd": 5.0, "limit_tokens": None},
-        {"id": 2, "scope": "global", "target": "", "period": "month", "limit_usd": None, "limit_tokens": 1000, "spent_tokens": 1500},
-    ]
-    monkeypatch.setitem(sys.modules, "stratavore.budgets", fake)
-    monkeypatch.setattr("stratavore.budgets", fake, raising=False)
-    return fake
+def budgets_module(ctx, project):
+    """Two real budgets: $5 of the project's $20 a day spent, and 1500 of 1000 tokens this month."""
+    from stratavore import budgets
+
+    budgets.set_budget(ctx.conn, scope="project", target="web", usd=20.0, period="day")
+    budgets.set_budget(ctx.conn, scope="global", tokens=1000, period="month")
+    with db.write(ctx.conn):
+        ctx.conn.execute(
+            "INSERT INTO usage_entries(dedup_key, session_id, project_dir, model, ts, input_tokens, output_tokens, cache_5m_tokens,"
+            " cache_1h_tokens, cache_read_tokens, cost_usd, project_id) VALUES ('budget', 's', 'd', 'claude-opus-4-5', ?, 1500, 0, 0, 0, 0,"
+            " 5.0, ?)",
+            (int(time.time() * 1000), project.id),
+        )
+    return budgets
 
 
 def with_budgets_table(conn) -> None:
@@ -232,8 +235,9 @@ def test_failing_budgets_leave_out_only_the_budget_families(ctx, project, monkey
     def broken(conn, now):
         raise RuntimeError("no such column: amount")
 
-    monkeypatch.setitem(sys.modules, "stratavore.budgets", types.SimpleNamespace(utilisation=broken))
-    with_budgets_table(ctx.conn)
+    from stratavore import budgets
+
+    monkeypatch.setattr(budgets, "utilisation", broken)
     text = generate_latest(registry_of(ctx)).decode()
     assert "stratavore_budget_" not in text
     assert "stratavore_runners{" in text
