@@ -69,12 +69,6 @@ def budgets_module(ctx, project):
     return budgets
 
 
-def with_budgets_table(conn) -> None:
-    """The table whose presence turns on the budget families (not a migration yet)."""
-    with db.write(conn):
-        conn.execute("CREATE TABLE IF NOT EXISTS budgets (id INTEGER PRIMARY KEY)")
-
-
 def populated(ctx: Context, project) -> None:
     """At least one sample in every family, from rows written directly."""
     conn = ctx.conn
@@ -89,7 +83,6 @@ def populated(ctx: Context, project) -> None:
         conn, project.id, "web-1", heartbeat_at=NOW - 2, cpu_percent=50.0, rss_bytes=1 << 20, process_count=2, agent_status="waiting"
     )
     insert_usage(conn, "a", "claude-opus-4-5", project.id)
-    with_budgets_table(conn)
     consumers.register(conn, "notify", start=0)
     pid, started = procs.identity()
     ctx.paths.daemon_pid_file.write_text(json.dumps({"pid": pid, "started": started}))
@@ -220,7 +213,6 @@ def test_optional_families_only_when_their_tables_exist(ctx, project, budgets_mo
 
 
 def test_budget_utilisation(ctx, project, budgets_module):
-    with_budgets_table(ctx.conn)
     value = registry_of(ctx).get_sample_value
     day = {"budget": "1", "scope": "project", "target": "web", "period": "day"}
     assert value("stratavore_budget_utilisation_ratio", {**day, "unit": "usd"}) == 0.25
