@@ -34,6 +34,9 @@ class Settings:
     busy_timeout: float = 5.0
     launch_timeout: float = 10.0
     claude_command: str = "claude"  # how to run Claude Code (a shell-style command line)
+    # how Claude runners report hook events: "command" hooks work whether or not the daemon runs;
+    # "http" hooks post to the daemon's API (no interpreter start per event) but are lost while it is down
+    claude_hooks: str = "command"
     claude_config_dir: str = ""  # default: $CLAUDE_CONFIG_DIR, else ~/.claude
     idle_after: float = 10.0  # agents without hooks count as idle after this long without output
     event_retention_days: float = 7.0  # delivered events older than this are pruned
@@ -77,6 +80,8 @@ class Settings:
             raise ConfigError(f"api_host must be a loopback address (127.0.0.1, ::1, localhost), not {self.api_host!r}")
         if not 0 <= self.api_port <= 65535:
             raise ConfigError("api_port must be between 0 and 65535")
+        if self.claude_hooks not in ("command", "http"):
+            raise ConfigError(f"claude_hooks must be command or http, not {self.claude_hooks!r}")
         if self.api_rate_limit < 0:
             raise ConfigError("api_rate_limit must not be negative")
         return self

@@ -499,14 +499,14 @@ def test_daemon_serves_the_api_and_drains_on_sigterm(sv, home, workdir):
     c.close()
 
 
-def test_claude_runners_report_over_http_while_the_daemon_is_up(sv, home, workdir, monkeypatch):
+def test_claude_runners_report_over_http_when_asked_and_the_daemon_is_up(sv, home, workdir, monkeypatch):
     import shlex
     import sys
 
     monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(home / "claude"))
     monkeypatch.setenv("STRATAVORE_CLAUDE_COMMAND", shlex.join([sys.executable, "-m", "stratavore", "simulated-claude"]))
     monkeypatch.setenv("STRATAVORE_SIM_SPEED", "0.05")
-    env = {**NO_KEYRING, "STRATAVORE_API_PORT": "0"}
+    env = {**NO_KEYRING, "STRATAVORE_API_PORT": "0", "STRATAVORE_CLAUDE_HOOKS": "http"}
     sv("project", "add", "web", str(workdir), check=True)
     sv("daemon", "start", check=True, env=env)
     runner = json.loads(sv("launch", "web", "--agent", "claude", "--json", check=True, env=env).stdout)["started"][0]

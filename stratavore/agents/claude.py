@@ -18,8 +18,9 @@ from . import LaunchPlan
 
 # the hooks Stratavore installs for each run (with --settings), and what each tells us
 HOOK_EVENTS = ("SessionStart", "UserPromptSubmit", "Stop", "Notification", "PermissionRequest", "PostToolUse", "SessionEnd")
-# hooks that only confirm work is going on again run in the background, so they never slow a tool call
-ASYNC_HOOKS = frozenset({"PostToolUse"})
+# hooks the agent does not wait for; none: each hook notes its time before the agent goes on, and that
+# order lets an event applied late never undo a newer one (an async PostToolUse could land after Stop)
+ASYNC_HOOKS: frozenset[str] = frozenset()
 HOOK_TIMEOUT_SECONDS = 10
 MAX_ENCODED_LENGTH = 200
 
@@ -106,8 +107,8 @@ def hook_settings(command: str, http: HookTarget | None = None) -> dict[str, Any
 
 def plan(user_args: list[str], settings: Settings, *, runner_name: str, cwd: str, resume_session: str | None) -> LaunchPlan:
     base = shlex.split(settings.claude_command)
-    # http hooks while the daemon's API is up; command hooks (which work without it) otherwise
-    target = hook_target(resolve_paths(), runner_name)
+    # http hooks only when asked for and the daemon's API is up; command hooks work without the daemon
+    target = hook_target(resolve_paths(), runner_name) if settings.claude_hooks == "http" else None
     settings_json = json.dumps(hook_settings(hook_command(), target), separators=(",", ":"))
     if resume_session:
         session_id = resume_session
