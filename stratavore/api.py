@@ -648,17 +648,15 @@ class Launcher:
 
     def _start(self) -> None:
         import subprocess
-        import sys
+
+        from .daemon import self_command
 
         req_r, req_w = os.pipe()
         rep_r, rep_w = os.pipe()
-        package_parent = str(Path(__file__).resolve().parent.parent)
-        code = (
-            f"import sys; sys.path.insert(0, {package_parent!r}); from stratavore.api import launcher_main; launcher_main({req_r}, {rep_w})"
-        )
         try:
+            # through the entry point, so a single executable (PyInstaller) runs it too
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", code],
+                [*self_command(), "api-launcher", str(req_r), str(rep_w)],
                 pass_fds=(req_r, rep_w),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

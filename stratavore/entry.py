@@ -10,6 +10,11 @@ def main() -> None:
         from .hook import main as hook_main
 
         sys.exit(hook_main())
+    if sys.argv[1:2] == ["api-launcher"]:
+        from .api import launcher_main
+
+        launcher_main(int(sys.argv[2]), int(sys.argv[3]))
+        sys.exit(0)
     if sys.argv[1:2] == ["simulated-claude"]:
         from .simclaude import main as simulated_main
 
