@@ -11,16 +11,17 @@ Deduplication follows ccusage 20.0.24, verified against it (see tests/test_ccusa
   the usage so far: entries with the same (message.id, requestId) count once, the one with the
   largest token total winning (on a tie the costlier, then the one that carries ``speed``, then the
   first seen, files being read in path order).
-  An entry without requestId keys on (message.id, nothing); one without message.id is never merged.
+  An entry without requestId (older Claude Code) merges with those of the same message.id and the
+  same ``sessionId`` field, and one without message.id never merges (both as ccusage 20.0.24 does).
 - A sidechain entry (``/btw`` replays, subagents) is dropped when its message.id is known from a
   non-sidechain entry, whatever the requestId; sidechain entries sharing a message.id count once.
 - The same response copied into several files (resumed sessions) counts once.
 
 The unique ``dedup_key`` column carries those rules into SQLite, so a run needs no memory of earlier
-runs: ``<message.id> US <requestId>`` for main-chain entries, ``<message.id> RS`` for sidechain ones,
-``GS <file> US <offset>`` for entries without a message.id (one per line, so a re-read file adds
-nothing). Because US (0x1f) sorts right after RS (0x1e), "some main-chain entry of message M exists"
-is a range probe on that index.
+runs: ``<message.id> US <requestId>`` for main-chain entries (``<message.id> US GS <sessionId>``
+without a requestId), ``<message.id> RS`` for sidechain ones, ``GS <file> US <offset>`` for entries without a
+message.id (one per line, so a re-read file adds nothing). Because US (0x1f) sorts right after RS
+(0x1e), "some main-chain entry of message M exists" is a range probe on that index.
 
 Reading is the hot path: lines without ``"usage"`` are skipped before any parsing, files are parsed
 in a process pool when there is much to read and cores are idle, repeats within a file are collapsed
@@ -210,7 +211,8 @@ def parse_line(line: bytes, session_id: str, project_dir: str, source: str, offs
         return _INVALID
     message_id, model = message.get("id", _ABSENT), message.get("model", _ABSENT)
     request_id = data.get("requestId", _ABSENT)
-    if _bad_id(message_id) or _bad_id(model) or _bad_id(request_id) or _bad_id(data.get("sessionId", _ABSENT)):
+    line_session = data.get("sessionId", _ABSENT)
+    if _bad_id(message_id) or _bad_id(model) or _bad_id(request_id) or _bad_id(line_session):
         return _INVALID
     speed = get("speed", _ABSENT)
     if (
@@ -238,8 +240,10 @@ def parse_line(line: bytes, session_id: str, project_dir: str, source: str, offs
         key = f"{GS}{source}{US}{offset}"
     elif sidechain:
         key = f"{message_id}{RS}"
-    else:
-        key = f"{message_id}{US}{request_id or ''}"
+    elif request_id is not None:
+        key = f"{message_id}{US}{request_id}"
+    else:  # older lines without requestId: ccusage 20.0.24 keys them on the line's sessionId instead
+        key = f"{message_id}{US}{GS}{'' if line_session is _ABSENT else line_session}"
     return (
         key,
         message_id,

@@ -187,3 +187,14 @@ def test_sidechain_replays_count_once_unlike_ccusage_sessions(tmp_path):
     transcripts.ingest(conn, [claude], pricing.load(None))
     assert usage.session_report(conn, usage.Filters())["totals"]["inputTokens"] == 100
     assert usage.period_report(conn, "daily", usage.Filters())["totals"]["cacheReadTokens"] == 0
+
+
+def test_lines_without_request_id_merge_by_message_and_session(tmp_path):
+    claude = tmp_path / "claude"
+    write(claude, "-w/s1.jsonl", [line("msg_1", None, out=10), line("msg_1", None, out=20), line("msg_1", None, out=5, session="s9")])
+    write(claude, "-w/s2.jsonl", [line("msg_1", None, out=30), line("msg_1", None, out=7, session="s2")])
+    theirs = ccusage(claude, "daily", "-z", "UTC")["totals"]
+    conn = db.connect(tmp_path / "sv.db")
+    transcripts.ingest(conn, [claude], pricing.load(None))
+    ours = usage.period_report(conn, "daily", usage.Filters(tz=usage.parse_timezone("UTC")))["totals"]
+    assert (ours["inputTokens"], ours["outputTokens"]) == (theirs["inputTokens"], theirs["outputTokens"]) == (300, 42)

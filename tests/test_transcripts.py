@@ -248,8 +248,10 @@ def test_keys_without_request_id_or_message_id(ctx, claude):
             line(None, "req_1", out=5),  # no message.id: never merged
         ],
     )
+    # without requestId, the line's sessionId tells copies (merged) from other responses (kept)
+    write(claude, "-work-web/s2.jsonl", [line("msg_1", None, out=6, session="s2"), line("msg_1", None, out=1, session="s1")])
     ingest(ctx, claude)
-    assert totals(ctx)[:3] == (4, 400, 14)
+    assert totals(ctx)[:3] == (5, 500, 20)
     # reading the file again from the start (it was replaced) adds nothing
     path = claude / "projects/-work-web/s1.jsonl"
     text = path.read_text()
