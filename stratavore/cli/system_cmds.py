@@ -127,6 +127,27 @@ def daemon_status(app, as_json: bool) -> int:
     return 0 if status["running"] else 3
 
 
+@daemon.command("install")
+@click.option("--print", "print_only", is_flag=True, help="Print the unit instead of writing it.")
+def daemon_install(print_only: bool) -> None:
+    """Write a systemd user unit (Linux) or a launchd agent (macOS) that starts the daemon at login."""
+    from .. import service
+
+    if print_only:
+        click.echo(service.unit_text().decode(), nl=False)
+        return
+    path = service.install()
+    click.echo(f"Wrote {path}\nEnable it with: {service.activation_hint()}")
+
+
+@daemon.command("uninstall")
+def daemon_uninstall() -> None:
+    """Remove the service unit written by `daemon install` (disable it first)."""
+    from .. import service
+
+    click.echo(f"Removed {service.uninstall()}")
+
+
 @daemon.command("run")
 @pass_app
 def daemon_run(app) -> None:
