@@ -187,6 +187,9 @@ def test_cli_reports_ingest_first_and_print_json(sv, tmp_path):
         assert "blocks" in data or "totals" in data
     overview = sv("usage", "--claude-dir", str(claude), check=True).stdout
     assert "this month" in overview
+    # the group's options reach its commands
+    grouped = json.loads(sv("usage", "--claude-dir", str(claude), "-z", "Asia/Tokyo", "daily", "--json", check=True).stdout)
+    assert grouped["totals"]["outputTokens"] == 55 and grouped["daily"][0]["date"] == "2026-01-10"
 
 
 def test_cli_import_counts(sv, tmp_path):

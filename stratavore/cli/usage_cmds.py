@@ -16,7 +16,13 @@ from . import cli, pass_app
 from .render import emit_json, table
 
 
+def _group_option(name: str, value: str | None) -> str | None:
+    # `stratavore usage -z UTC daily` means the same as `stratavore usage daily -z UTC`
+    return value if value is not None else click.get_current_context().meta.get("usage", {}).get(name)
+
+
 def _ingest(app, claude_dir: str | None) -> transcripts.IngestStats:
+    claude_dir = _group_option("claude_dir", claude_dir)
     ctx = app.get()
     prices = pricing.load(ctx.paths.config_dir)
     roots = transcripts.claude_roots(claude_dir, default=getattr(ctx.settings, "claude_config_dir", ""))
@@ -35,7 +41,8 @@ def report_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _filters(since: str | None, until: str | None, tz_name: str | None) -> usage.Filters:
-    return usage.Filters(usage.parse_day(since, "--since"), usage.parse_day(until, "--until"), usage.parse_timezone(tz_name))
+    tz = usage.parse_timezone(_group_option("tz_name", tz_name))
+    return usage.Filters(usage.parse_day(since, "--since"), usage.parse_day(until, "--until"), tz)
 
 
 def _money(value: float, unpriced: bool = False) -> str:
@@ -93,6 +100,7 @@ def _print(data: dict[str, Any], key: str, label: str, headers_first: list[str],
 def usage_group(click_ctx: click.Context, claude_dir: str | None, tz_name: str | None, as_json: bool) -> None:
     """Tokens and cost from Claude Code transcripts: today, this week, this month, top projects and sessions."""
     if click_ctx.invoked_subcommand is not None:
+        click_ctx.meta["usage"] = {"claude_dir": claude_dir, "tz_name": tz_name}
         return
     app = click_ctx.obj
     tz = usage.parse_timezone(tz_name)
