@@ -236,7 +236,11 @@ class Daemon:
             signal.signal(sig, lambda *_: self.stopping.set())
         from .api import start_for_daemon
 
-        api_server = start_for_daemon(self.ctx)  # None (logged, and in `daemon status`) if it cannot listen
+        try:
+            api_server = start_for_daemon(self.ctx)  # None (logged, and in `daemon status`) if it cannot listen
+        except Exception:  # noqa: BLE001 - the scheduled work goes on without the API
+            log.exception("the API could not start")
+            api_server = None
         scheduler.start()
         try:
             while not self.stopping.wait(1.0):
