@@ -9,11 +9,14 @@ Events carry the time they were received, so one applied late never undoes a new
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-from typing import Any
+
+# the agent waits for this process until it forks: it imports only what it needs before that (not json, not typing)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_PAYLOAD = 4 * 1024 * 1024
 HOOK_BUSY_TIMEOUT = 0.5
@@ -23,15 +26,17 @@ SPOOL_NAME = "hook-spool.jsonl"
 def main() -> int:
     at = time.time()
     try:
-        payload = json.loads(sys.stdin.buffer.read(MAX_PAYLOAD) or b"{}")
-    except (ValueError, OSError):
-        return 0
-    if not isinstance(payload, dict):
+        raw = sys.stdin.buffer.read(MAX_PAYLOAD)
+    except OSError:
         return 0
     if os.environ.get("STRATAVORE_HOOK_SYNC") != "1" and not _detach():
-        return 0  # the parent: the agent may go on
+        os._exit(0)  # the parent: the agent may go on (skipping the interpreter's teardown saves a few ms)
     try:
-        deliver(payload, os.environ.get("STRATAVORE_RUNNER_ID"), at)
+        import json
+
+        payload = json.loads(raw or b"{}")
+        if isinstance(payload, dict):
+            deliver(payload, os.environ.get("STRATAVORE_RUNNER_ID"), at)
     except Exception:  # noqa: BLE001 - a hook must never fail the agent
         pass
     if os.environ.get("STRATAVORE_HOOK_SYNC") != "1":
@@ -77,6 +82,8 @@ def deliver(payload: dict[str, Any], runner_id: str | None, at: float) -> None:
 
 
 def _spool(path, record: dict[str, Any]) -> None:
+    import json
+
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
@@ -89,6 +96,8 @@ def drain_spool(conn, path) -> int:
     """Apply spooled hook events, oldest first; returns how many were applied."""
     if not path.exists():
         return 0
+    import json
+
     from .sessions import apply_hook
 
     claimed = path.with_name(f"{path.name}.{os.getpid()}")

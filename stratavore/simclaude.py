@@ -22,6 +22,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -159,11 +160,14 @@ class SimulatedClaude:
                     pass
                 if handler.get("async"):
                     continue
+                # a blocking wait, like Claude Code's: Popen.wait(timeout=...) polls in steps of up to 50 ms,
+                # which would add up to 50 ms to every hook measured
+                timer = threading.Timer(float(handler.get("timeout", 60)), proc.kill)
+                timer.start()
                 try:
-                    proc.wait(timeout=float(handler.get("timeout", 60)))
-                except subprocess.TimeoutExpired:
-                    proc.kill()
                     proc.wait()
+                finally:
+                    timer.cancel()
                 if self.hook_log:
                     with open(self.hook_log, "a") as f:
                         f.write(f"{event} {(time.monotonic() - t0) * 1000:.2f}\n")
