@@ -170,6 +170,8 @@ def validate(schema: dict[str, Any], value: Any, where: str, components: dict[st
     elif kind in ("integer", "number"):
         if isinstance(value, bool) or not isinstance(value, int | float) or (kind == "integer" and not isinstance(value, int)):
             raise InvalidInput(f"{where} must be {'an integer' if kind == 'integer' else 'a number'}")
+        if "minimum" in schema and schema.get("exclusiveMinimum") and value <= schema["minimum"]:
+            raise InvalidInput(f"{where} must be more than {schema['minimum']}")
         if "minimum" in schema and value < schema["minimum"]:
             raise InvalidInput(f"{where} must be at least {schema['minimum']}")
         if "maximum" in schema and value > schema["maximum"]:
@@ -773,6 +775,8 @@ class Api:
         self._streams = 0
         self._runner_names: dict[str, str] = {}
         self._list_sql: str | None = None
+        self._ingest_lock = threading.Lock()
+        self._ingest_started = float("-inf")  # when the last finished ingest began (monotonic)
 
     def _handlers(self) -> dict[str, Callable[[Request], Response]]:
         return {
@@ -799,6 +803,21 @@ class Api:
             "streamEvents": self.stream_events,
             "claudeHook": self.claude_hook,
             "heartbeats": self.post_heartbeats,
+            "usageOverview": self.usage_overview,
+            "usageDaily": lambda req: self.usage_period(req, "daily"),
+            "usageWeekly": lambda req: self.usage_period(req, "weekly"),
+            "usageMonthly": lambda req: self.usage_period(req, "monthly"),
+            "usageSessions": self.usage_sessions,
+            "usageProjects": self.usage_projects,
+            "usageModels": self.usage_models,
+            "usageBlocks": self.usage_blocks,
+            "usagePrices": self.usage_prices,
+            "usageImport": self.usage_import,
+            "listBudgets": self.list_budgets,
+            "setBudget": self.set_budget,
+            "getBudget": self.get_budget,
+            "putBudget": self.set_budget,
+            "removeBudget": self.remove_budget,
         }
 
     # -- bookkeeping of requests, for a draining shutdown
@@ -1144,6 +1163,142 @@ class Api:
         req.release()  # the writer has its own connection; do not hold one while waiting for it
         batch = self.heartbeats.submit(rows)
         return json_response({"accepted": batch.accepted, "ignored": batch.ignored})
+
+    # -- usage and budgets
+
+    def _filters(self, req: Request, *, dates: bool = True) -> Any:
+        from . import usage
+
+        q = req.query
+        since = usage.parse_day(q.get("since"), "since") if dates else None
+        until = usage.parse_day(q.get("until"), "until") if dates else None
+        filters = usage.Filters(since, until, usage.parse_timezone(q.get("timezone")))
+        try:
+            filters.where()  # the range's instants exist (the year 1 in local time, the day after 9999-12-31 do not)
+        except (OverflowError, ValueError, OSError):
+            raise InvalidInput("since or until is out of the range of dates this time zone can express") from None
+        return filters
+
+    def _ingest(self, req: Request, *, always: bool = False) -> Any:
+        """Read what is new in the transcripts first, as the CLI's reports do.
+
+        One ingest at a time in this process: a request that waited for another's ingest, begun after it
+        arrived, has nothing left to read and skips its own. Reading is inline (no process pool: this
+        process has threads and must not fork), and the ingest commits in batches as the CLI's does; only
+        reports wait for it, other routes never do."""
+        from . import pricing, transcripts
+
+        arrived = time.monotonic()
+        with self._ingest_lock:
+            if self._ingest_started >= arrived and not always:
+                return None
+            started = time.monotonic()
+            prices = pricing.load(self.paths.config_dir)
+            roots = transcripts.claude_roots(default=self.settings.claude_config_dir)
+            try:
+                stats = transcripts.ingest(req.ctx.conn, roots, prices, workers=0)
+            except sqlite3.IntegrityError:
+                # another process (a keeper, the daemon's budget job, the CLI) stored the same new file
+                # first: what is left to read is now planned from its rows
+                stats = transcripts.ingest(req.ctx.conn, roots, prices, workers=0)
+            self._ingest_started = started
+            return stats
+
+    def usage_overview(self, req: Request) -> Response:
+        from . import usage
+
+        filters = self._filters(req, dates=False)
+        self._ingest(req)
+        return json_response(usage.overview(req.ctx.conn, filters.tz))
+
+    def usage_period(self, req: Request, period: str) -> Response:
+        from . import usage
+
+        filters = self._filters(req)
+        self._ingest(req)
+        return json_response(usage.period_report(req.ctx.conn, period, filters))
+
+    def usage_sessions(self, req: Request) -> Response:
+        from . import usage
+
+        filters = self._filters(req)
+        self._ingest(req)
+        return json_response(usage.session_report(req.ctx.conn, filters, session_id=req.query.get("id")))
+
+    def usage_projects(self, req: Request) -> Response:
+        from . import usage
+
+        filters = self._filters(req)
+        self._ingest(req)
+        return json_response(usage.project_report(req.ctx.conn, filters))
+
+    def usage_models(self, req: Request) -> Response:
+        from . import usage
+
+        filters = self._filters(req)
+        self._ingest(req)
+        return json_response(usage.model_report(req.ctx.conn, filters))
+
+    def usage_blocks(self, req: Request) -> Response:
+        from . import usage
+
+        filters = self._filters(req)
+        self._ingest(req)
+        return json_response(usage.block_report(req.ctx.conn, filters, active_only=req.query.get("active", False)))
+
+    def usage_prices(self, req: Request) -> Response:
+        from . import pricing, usage
+
+        prices = pricing.load(self.paths.config_dir)
+        models = [p.to_dict() for name, p in sorted(prices.models.items()) if name != usage.SYNTHETIC]
+        return json_response({"version": prices.version, "overrides": prices.overrides_file, "models": models})
+
+    def usage_import(self, req: Request) -> Response:
+        from . import transcripts
+
+        stats: transcripts.IngestStats = self._ingest(req, always=True)
+        return json_response(stats.to_dict())
+
+    def list_budgets(self, req: Request) -> Response:
+        from . import budgets
+
+        return json_response({"budgets": [s.to_dict() for s in budgets.standings(req.ctx.conn)]})
+
+    def get_budget(self, req: Request) -> Response:
+        from . import budgets
+
+        conn = req.ctx.conn
+        return json_response(budgets.standing(conn, budgets.get(conn, req.params["name"])).to_dict())
+
+    def set_budget(self, req: Request) -> Response:
+        """``POST /v1/budgets`` (the name in the body, or the default one) and ``PUT /v1/budgets/{name}``."""
+        from . import budgets
+
+        b = req.body
+        name = req.params.get("name", b.get("name"))
+        if b["scope"] == "global" and b.get("target") is not None:
+            raise InvalidInput("a global budget takes no target")
+        if name is not None and len(name) > 200:
+            raise InvalidInput("a budget name is at most 200 characters")
+        budget = budgets.set_budget(
+            req.ctx.conn,
+            scope=b["scope"],
+            target=b.get("target"),
+            usd=b.get("usd"),
+            tokens=b.get("tokens"),
+            period=b.get("period", "month"),
+            timezone=b.get("timezone"),
+            warn=",".join(str(p) for p in b["warn"]) if b.get("warn") else None,
+            action=b.get("action", "notify"),
+            name=name,
+        )
+        return json_response(budget.to_dict(), 201 if budget.version == 1 else 200)  # created, or replaced
+
+    def remove_budget(self, req: Request) -> Response:
+        from . import budgets
+
+        budget = budgets.remove(req.ctx.conn, req.params["name"])
+        return json_response({"removed": budget.name})
 
     # -- one request
 

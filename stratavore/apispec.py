@@ -17,7 +17,7 @@ ERRORS = {
     "400": "bad_request: the body is not JSON, or the request is malformed",
     "401": "unauthorized: no token, or a wrong one",
     "403": "forbidden: a runner token used beyond its runner's own reports",
-    "404": "not_found: no such project, runner, session or route",
+    "404": "not_found: no such project, runner, session, budget or route",
     "405": "method_not_allowed",
     "409": "conflict or quota_exceeded: a duplicate name, an active runner, a full project",
     "411": "length_required: a body without Content-Length",
@@ -64,6 +64,278 @@ RUNNER_REF = _path("runner", "Runner name, id, or an unambiguous prefix of its i
 PROJECT_REF = _path("name", "Project name.")
 NAME = {"type": "string", "minLength": 1, "maxLength": 63}
 SIGNAL = {"type": "string", "minLength": 1, "maxLength": 16, "description": "TERM, SIGTERM, term or 15"}
+
+# -- usage reports: the JSON of `stratavore usage ... --json`, shaped like ccusage's ----------------------
+
+INT = {"type": "integer"}
+NUM = {"type": "number"}
+STRINGS = {"type": "array", "items": {"type": "string"}}
+TOKEN_COUNTS = {
+    "inputTokens": INT,
+    "outputTokens": INT,
+    "cacheCreationTokens": INT,
+    "cacheReadTokens": INT,
+    "totalTokens": INT,
+    "totalCost": {"type": "number", "description": "USD; models without a price are left out (see unpricedModels)."},
+}
+COUNT_NAMES = list(TOKEN_COUNTS)
+
+
+def _row(key: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A report row: its key field(s), the token counts, modelsUsed and modelBreakdowns."""
+    props = {**extra, **TOKEN_COUNTS, "modelsUsed": STRINGS, "modelBreakdowns": {"type": "array", "items": _ref("UsageModelBreakdown")}}
+    return {"type": "object", "required": [*([key] if key else []), *COUNT_NAMES, "modelsUsed", "modelBreakdowns"], "properties": props}
+
+
+def _report(key: str, row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": [key, "totals"],
+        "properties": {key: {"type": "array", "items": row}, "totals": _ref("UsageTotals")},
+    }
+
+
+SESSION_ROW = _row(
+    "sessionId",
+    sessionId={"type": "string"},
+    projectPath={"type": "string"},
+    project={"type": "string", "description": "The Stratavore project, or 'unassigned'."},
+    runnerId=_nullable("string"),
+    firstActivity={"type": "string", "description": "ISO 8601, UTC."},
+    lastActivity={"type": "string", "description": "ISO 8601, UTC."},
+)
+PROJECT_ROW = _row("project", project={"type": "string", "description": "The Stratavore project, or 'unassigned'."})
+
+USAGE_SCHEMAS: dict[str, Any] = {
+    "UsageTotals": {
+        "type": "object",
+        "required": COUNT_NAMES,
+        "properties": {**TOKEN_COUNTS, "unpricedModels": {**STRINGS, "description": "Models without a price (their cost is unknown)."}},
+    },
+    "UsageModelBreakdown": {
+        "type": "object",
+        "required": ["modelName", "inputTokens", "outputTokens", "cacheCreationTokens", "cacheReadTokens", "cost"],
+        "properties": {
+            "modelName": {"type": "string", "description": "<model>-fast for fast mode."},
+            "inputTokens": INT,
+            "outputTokens": INT,
+            "cacheCreationTokens": INT,
+            "cacheReadTokens": INT,
+            "cost": NUM,
+            "missingPricing": BOOL,
+        },
+    },
+    "UsageDaily": _report("daily", _row("date", date={"type": "string", "description": "YYYY-MM-DD"})),
+    "UsageWeekly": _report("weekly", _row("week", week={"type": "string", "description": "The Sunday the week starts on."})),
+    "UsageMonthly": _report("monthly", _row("month", month={"type": "string", "description": "YYYY-MM"})),
+    "UsageSessions": _report("sessions", SESSION_ROW),
+    "UsageProjects": _report("projects", PROJECT_ROW),
+    "UsageModels": _report(
+        "models",
+        {
+            "type": "object",
+            "required": ["model", *COUNT_NAMES, "entries"],
+            "properties": {"model": {"type": "string"}, **TOKEN_COUNTS, "entries": INT, "missingPricing": BOOL},
+        },
+    ),
+    "UsageBlocks": {
+        "type": "object",
+        "required": ["blocks"],
+        "properties": {
+            "blocks": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "startTime", "endTime", "isActive", "isGap", "entries", "tokenCounts", "totalTokens", "costUSD"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "startTime": {"type": "string"},
+                        "endTime": {"type": "string"},
+                        "actualEndTime": _nullable("string"),
+                        "isActive": BOOL,
+                        "isGap": BOOL,
+                        "entries": INT,
+                        "tokenCounts": {
+                            "type": "object",
+                            "properties": {
+                                k: INT for k in ("inputTokens", "outputTokens", "cacheCreationInputTokens", "cacheReadInputTokens")
+                            },
+                        },
+                        "totalTokens": INT,
+                        "costUSD": NUM,
+                        "models": STRINGS,
+                        "burnRate": _nullable(
+                            "object",
+                            properties={"tokensPerMinute": NUM, "tokensPerMinuteForIndicator": NUM, "costPerHour": NUM},
+                        ),
+                        "projection": _nullable("object", properties={"totalTokens": INT, "totalCost": NUM, "remainingMinutes": INT}),
+                    },
+                },
+            }
+        },
+    },
+    "UsageOverview": {
+        "type": "object",
+        "required": ["periods", "topProjects", "topSessions"],
+        "properties": {
+            "periods": {
+                "type": "object",
+                "required": ["today", "week", "month"],
+                "properties": {
+                    name: {
+                        "allOf": [
+                            _ref("UsageTotals"),
+                            {"type": "object", "required": ["since"], "properties": {"since": {"type": "string"}}},
+                        ]
+                    }
+                    for name in ("today", "week", "month")
+                },
+            },
+            "topProjects": {"type": "array", "items": PROJECT_ROW, "description": "This month's, costliest first."},
+            "topSessions": {"type": "array", "items": SESSION_ROW, "description": "This month's, costliest first."},
+        },
+    },
+    "PriceTable": {
+        "type": "object",
+        "required": ["version", "overrides", "models"],
+        "properties": {
+            "version": {"type": "string"},
+            "overrides": _nullable("string", description="The overrides file in use."),
+            "models": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["model", "input", "output", "cache_write_5m", "cache_write_1h", "cache_read", "fast_multiplier", "source"],
+                    "properties": {
+                        "model": {"type": "string"},
+                        **{k: {"type": "number", "description": "USD per million tokens"} for k in ("input", "output")},
+                        **{k: NUM for k in ("cache_write_5m", "cache_write_1h", "cache_read", "fast_multiplier")},
+                        "long_context": {"type": "object", "description": "Rates above `above_tokens` prompt tokens."},
+                        "source": {"type": "string", "description": "'table' or the overrides file."},
+                    },
+                },
+            },
+        },
+    },
+    "IngestStats": {
+        "type": "object",
+        "required": ["roots", "files", "files_read", "entries", "stored", "seconds"],
+        "properties": {
+            "roots": STRINGS,
+            **{
+                k: INT
+                for k in (
+                    "files",
+                    "files_read",
+                    "files_reset",
+                    "files_missing",
+                    "bytes_read",
+                    "lines",
+                    "entries",
+                    "stored",
+                    "duplicates",
+                    "skipped",
+                )
+            },
+            "seconds": NUM,
+        },
+    },
+}
+
+# -- budgets: the JSON of `stratavore budget ... --json` ----------------------------------------------------
+
+BUDGET_FIELDS: dict[str, Any] = {
+    "scope": {"type": "string", "enum": ["global", "project", "runner"]},
+    "target": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 64,
+        "description": "The project's name (scope project) or the runner's name, id or id prefix (scope runner); none for global.",
+    },
+    "usd": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1e12, "description": "Limit in US dollars."},
+    "tokens": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 9007199254740991,
+        "description": "Limit in tokens (input, output and cache).",
+    },
+    "period": {"type": "string", "enum": ["day", "week", "month", "5h", "lifetime"], "description": "Default month."},
+    "timezone": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 64,
+        "description": "IANA zone of day/week/month boundaries (default: local).",
+    },
+    "warn": {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": 20,
+        "items": {"type": "integer", "minimum": 1, "maximum": 99},
+        "description": "Warning thresholds in percent (default [80]).",
+    },
+    "action": {
+        "type": "string",
+        "enum": ["refuse", "interrupt", "stop", "notify"],
+        "description": "At 100 %: new launches are always refused; running agents are interrupted, stopped, or only notified about "
+        "(default notify).",
+    },
+}
+BUDGET_SCHEMAS: dict[str, Any] = {
+    "Budget": {
+        "type": "object",
+        "required": ["id", "name", "scope", "target", "limit_usd", "limit_tokens", "period", "timezone", "warn_percents", "action"],
+        "properties": {
+            "id": INT,
+            "name": {"type": "string"},
+            "scope": {"type": "string", "enum": ["global", "project", "runner"]},
+            "target": _nullable("string", description="Project name, or runner id."),
+            "limit_usd": _nullable("number"),
+            "limit_tokens": _nullable("integer"),
+            "period": {"type": "string"},
+            "timezone": _nullable("string"),
+            "warn_percents": {"type": "array", "items": INT},
+            "action": {"type": "string"},
+            "created_at": NUM,
+            "version": INT,
+        },
+    },
+    "BudgetStanding": {
+        "allOf": [
+            _ref("Budget"),
+            {
+                "type": "object",
+                "required": ["period_key", "since", "spent_usd", "spent_tokens", "unpriced_entries", "percent"],
+                "properties": {
+                    "period_key": {"type": "string", "description": "The current period: 2026-11-21, 2026-W47, 2026-11, 5h-..., lifetime."},
+                    "since": {"type": "number", "description": "When the current period began (epoch seconds)."},
+                    "spent_usd": NUM,
+                    "spent_tokens": INT,
+                    "unpriced_entries": INT,
+                    "percent": {"type": "number", "description": "Of the limit spent (the larger share when both are set)."},
+                },
+            },
+        ]
+    },
+    "BudgetList": {
+        "type": "object",
+        "required": ["budgets"],
+        "properties": {"budgets": {"type": "array", "items": _ref("BudgetStanding")}},
+    },
+    "BudgetSet": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["scope"],
+        "description": "Give usd and/or tokens.",
+        "properties": BUDGET_FIELDS,
+    },
+    "BudgetCreate": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["scope"],
+        "description": "Give usd and/or tokens. Without a name, the budget is named after its scope, target and period.",
+        "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200}, **BUDGET_FIELDS},
+    },
+}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -325,6 +597,8 @@ SCHEMAS: dict[str, Any] = {
             )
         },
     },
+    **USAGE_SCHEMAS,
+    **BUDGET_SCHEMAS,
     "Health": {
         "type": "object",
         "required": ["status"],
@@ -354,6 +628,16 @@ EVENT_FILTERS = [
         explode=True,
     ),
     _query("runner", {"type": "string", "minLength": 1, "maxLength": 64}, "Only this runner's events (name, id or prefix)."),
+]
+
+
+TIMEZONE = _query(
+    "timezone", {"type": "string", "minLength": 1, "maxLength": 64}, "IANA time zone for dates (default: the daemon's local time)."
+)
+USAGE_RANGE = [
+    _query("since", {"type": "string", "minLength": 1, "maxLength": 10}, "First day to include (YYYY-MM-DD or YYYYMMDD)."),
+    _query("until", {"type": "string", "minLength": 1, "maxLength": 10}, "Last day to include (YYYY-MM-DD or YYYYMMDD)."),
+    TIMEZONE,
 ]
 
 
@@ -552,6 +836,112 @@ PATHS: dict[str, dict[str, Any]] = {
                 }
             ],
             requestBody=_body(_ref("HookEvent")),
+        ),
+    },
+    **{
+        f"/v1/usage/{period}": {
+            "get": _operation(
+                f"usage{period.title()}",
+                f"Usage per {unit}{note}, with per-model breakdowns (`stratavore usage {period} --json`). "
+                "New transcript lines are read first.",
+                {"200": _json(_ref(f"Usage{period.title()}"), "the report"), **_errors("422", "503")},
+                parameters=USAGE_RANGE,
+            )
+        }
+        for period, unit, note in (("daily", "day", ""), ("weekly", "week", " (weeks start on Sunday)"), ("monthly", "month", ""))
+    },
+    "/v1/usage": {
+        "get": _operation(
+            "usageOverview",
+            "Today, this week and this month, and the month's top projects and sessions (`stratavore usage --json`).",
+            {"200": _json(_ref("UsageOverview"), "the overview"), **_errors("422", "503")},
+            parameters=[TIMEZONE],
+        )
+    },
+    "/v1/usage/sessions": {
+        "get": _operation(
+            "usageSessions",
+            "Usage per Claude Code session; subagents count toward their parent (`stratavore usage session --json`).",
+            {"200": _json(_ref("UsageSessions"), "the report"), **_errors("422", "503")},
+            parameters=[*USAGE_RANGE, _query("id", {"type": "string", "minLength": 1, "maxLength": 200}, "Only this session.")],
+        )
+    },
+    "/v1/usage/projects": {
+        "get": _operation(
+            "usageProjects",
+            "Usage per Stratavore project; sessions outside every project are 'unassigned' (`stratavore usage project --json`).",
+            {"200": _json(_ref("UsageProjects"), "the report"), **_errors("422", "503")},
+            parameters=USAGE_RANGE,
+        )
+    },
+    "/v1/usage/models": {
+        "get": _operation(
+            "usageModels",
+            "Usage per model; fast mode as <model>-fast, models without a price flagged (`stratavore usage model --json`).",
+            {"200": _json(_ref("UsageModels"), "the report"), **_errors("422", "503")},
+            parameters=USAGE_RANGE,
+        )
+    },
+    "/v1/usage/blocks": {
+        "get": _operation(
+            "usageBlocks",
+            "5-hour billing blocks as ccusage counts them, with burn rate and projection (`stratavore usage blocks --json`).",
+            {"200": _json(_ref("UsageBlocks"), "the blocks"), **_errors("422", "503")},
+            parameters=[*USAGE_RANGE, _query("active", BOOL, "Only the active block.")],
+        )
+    },
+    "/v1/usage/prices": {
+        "get": _operation(
+            "usagePrices",
+            "The price table in use, USD per million tokens, with any overrides (`stratavore usage prices --json`).",
+            {"200": _json(_ref("PriceTable"), "the price table"), **_errors()},
+        )
+    },
+    "/v1/usage/import": {
+        "post": _operation(
+            "usageImport",
+            "Read new transcript lines now and count what was read (`stratavore usage import --json`; reports do this too).",
+            {"200": _json(_ref("IngestStats"), "what was read"), **_errors("503")},
+        )
+    },
+    "/v1/budgets": {
+        "get": _operation(
+            "listBudgets",
+            "Budgets with what their current period has spent (`stratavore budget list --json`, as {budgets: [...]}).",
+            {"200": _json(_ref("BudgetList"), "budgets"), **_errors()},
+        ),
+        "post": _operation(
+            "setBudget",
+            "Create a budget, or replace the one of the same name (`stratavore budget set`).",
+            {
+                "200": _json(_ref("Budget"), "replaced"),
+                "201": _json(_ref("Budget"), "created"),
+                **_errors("400", "404", "411", "413", "422", "503"),
+            },
+            requestBody=_body(_ref("BudgetCreate")),
+        ),
+    },
+    "/v1/budgets/{name}": {
+        "parameters": [_path("name", "Budget name.")],
+        "get": _operation(
+            "getBudget",
+            "One budget and where it stands (`stratavore budget show --json`).",
+            {"200": _json(_ref("BudgetStanding"), "the budget"), **_errors("404")},
+        ),
+        "put": _operation(
+            "putBudget",
+            "Create or replace the budget of this name (`stratavore budget set --name`).",
+            {
+                "200": _json(_ref("Budget"), "replaced"),
+                "201": _json(_ref("Budget"), "created"),
+                **_errors("400", "404", "411", "413", "422", "503"),
+            },
+            requestBody=_body(_ref("BudgetSet")),
+        ),
+        "delete": _operation(
+            "removeBudget",
+            "Remove a budget (`stratavore budget rm`).",
+            {"200": _json(_ref("Removed"), "removed"), **_errors("404", "503")},
         ),
     },
     "/v1/heartbeats": {

@@ -22,6 +22,7 @@ from schemathesis.specs.openapi.checks import (
 from stratavore import apispec, projects
 
 from .test_api import no_keyring, start_server  # noqa: F401 - the fixture applies here too
+from .test_api_usage import line, transcript
 
 EXAMPLES = 12
 ENDLESS = {"/v1/events/stream"}  # an event stream never ends by itself; tests/test_api.py covers it
@@ -29,7 +30,11 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 
 @pytest.fixture
-def api(ctx, workdir):
+def api(ctx, workdir, home, monkeypatch):
+    # usage reports read this transcript (and never the developer's own ~/.claude)
+    claude = home / "claude"
+    monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(claude))
+    transcript(claude, workdir, "sess-web", [line("m1", "2026-01-03T12:00:00.000Z", cwd=str(workdir), session="sess-web")])
     server = start_server(ctx)
     projects.add(ctx.conn, "web", workdir)
     yield server
