@@ -50,9 +50,13 @@ def parse_day(text: str | None, option: str) -> date | None:
         return None
     for fmt in ("%Y-%m-%d", "%Y%m%d"):
         try:
-            return datetime.strptime(text, fmt).date()
+            day = datetime.strptime(text, fmt).date()
         except ValueError:
             continue
+        # a day whose neighbours or midnights cannot be represented is no useful bound
+        if not date(1971, 1, 1) <= day <= date(9998, 12, 31):
+            raise InvalidInput(f"{option} must be a date between 1971 and 9998, not {text!r}")
+        return day
     raise InvalidInput(f"{option} must be a date like 2026-11-01 or 20261101, not {text!r}")
 
 

@@ -152,3 +152,8 @@ def test_newer_database_is_refused(sv, ctx, workdir):
     ctx.conn.execute(f"PRAGMA user_version={db.SCHEMA_VERSION + 1}")
     ctx.close()
     assert_clean_error(sv("ps"), ExitCode.CONFIG_ERROR, "newer than this stratavore knows")
+
+
+def test_usage_dates_out_of_range(sv):
+    assert_clean_error(sv("usage", "daily", "-u", "99991231"), ExitCode.INVALID_INPUT, "between 1971 and 9998")
+    assert_clean_error(sv("usage", "daily", "-s", "00010101"), ExitCode.INVALID_INPUT, "between 1971 and 9998")
