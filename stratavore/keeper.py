@@ -137,7 +137,7 @@ class Keeper:
                     self.diagnose("giving up on a database write: the database stayed locked")
                     return None
                 time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 1.5, 0.05)
+                delay = min(delay * 1.5, 0.005)
             except Exception as e:  # noqa: BLE001 - a keeper outlives its bookkeeping failures
                 self.diagnose(f"giving up on a database write: {e}")
                 return None
@@ -270,7 +270,8 @@ class Keeper:
                     restarts=self.restarts,
                     exit_code=None,
                     exit_signal=None,
-                )
+                ),
+                durable=False,  # made durable by whoever acknowledges it: see db.flush_wal
             )
             or self.runner
         )
@@ -723,7 +724,8 @@ class Keeper:
                 stop_requested_signal=None,
                 stop_requested_timeout=None,
                 **values,
-            )
+            ),
+            durable=False,  # made durable by whoever acknowledges it (`stop`), or the next durable commit
         )
         self.report(ok=False, error=reason or state.value)
         self.notify_clients(

@@ -208,12 +208,18 @@ def _start_keepers(ctx: Context, runner_ids: list[str]) -> LaunchResult:
     # objects frozen before fork are never touched by the collector, so their pages stay shared
     gc.freeze()
     reports: dict[int, str] = {}
+    # the keepers wait at this gate until every one is forked: forking is this process's work, and
+    # keepers starting up meanwhile would only compete with it for the CPU
+    gate_r, gate_w = os.pipe()
     try:
         for runner_id in runner_ids:
-            reports[_fork_keeper(ctx, runner_id, become_keeper)] = runner_id
+            reports[_fork_keeper(ctx, runner_id, become_keeper, (gate_r, gate_w))] = runner_id
     finally:
+        os.close(gate_w)
+        os.close(gate_r)
         gc.unfreeze()
     outcome = _collect_reports(reports, ctx.settings.launch_timeout)
+    db.flush_wal(ctx.paths.db_path)  # the keepers' "running" is acknowledged below: make it durable first
     conn = ctx.conn
     started, failed = [], []
     for runner_id in runner_ids:
@@ -231,7 +237,7 @@ def _start_keepers(ctx: Context, runner_ids: list[str]) -> LaunchResult:
     return LaunchResult(started, failed)
 
 
-def _fork_keeper(ctx: Context, runner_id: str, become_keeper) -> int:
+def _fork_keeper(ctx: Context, runner_id: str, become_keeper, gate: tuple[int, int]) -> int:
     """Fork a keeper into a session of its own; returns the read end of its report pipe.
 
     One fork, not the classic two: the keeper never opens a terminal that could become its
@@ -243,7 +249,10 @@ def _fork_keeper(ctx: Context, runner_id: str, become_keeper) -> int:
     if pid == 0:
         try:
             os.close(read_fd)
+            os.close(gate[1])
             os.setsid()
+            os.read(gate[0], 1)  # returns (empty) once the launcher closed the gate, or died
+            os.close(gate[0])
             become_keeper(ctx.paths, ctx.settings, runner_id, write_fd)  # never returns
         finally:
             os._exit(1)
@@ -343,6 +352,7 @@ def stop(
             if runner.keeper_pid in stuck:
                 procs.signal_pid(runner.keeper_pid, signal.SIGKILL)
                 _stop_without_keeper(conn, get(conn, runner.id), reason="the keeper did not stop in time")
+    db.flush_wal(ctx.paths.db_path)  # the keepers recorded the ends without syncing; they are reported now
     return [get(conn, r.id) for r in refs]
 
 

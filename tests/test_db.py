@@ -76,3 +76,11 @@ def test_seq_is_never_reused(ctx, workdir):
         ctx.conn.execute("DELETE FROM events")
     projects.add(ctx.conn, "b", workdir)
     assert events.last_seq(ctx.conn) == top + 1
+
+
+def test_flush_wal_syncs_the_log_or_nothing(ctx, workdir, tmp_path):
+    projects.add(ctx.conn, "web", workdir)
+    wal = ctx.paths.db_path.with_name(ctx.paths.db_path.name + "-wal")
+    assert wal.exists()
+    db.flush_wal(ctx.paths.db_path)  # no error with a log present
+    db.flush_wal(tmp_path / "none.db")  # nor without one (checkpointed and truncated)
