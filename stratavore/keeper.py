@@ -27,7 +27,6 @@ import sqlite3
 import struct
 import termios
 import time
-import traceback
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -793,6 +792,8 @@ def become_keeper(paths: Paths, settings: Settings, runner_id: str, report_fd: i
     try:
         keeper.run()
     except BaseException:  # noqa: BLE001
+        import traceback
+
         keeper.diagnose("keeper crashed:\n" + traceback.format_exc())
         try:
             keeper.finish(S.FAILED, reason="the keeper crashed (see its .keeper.log)")

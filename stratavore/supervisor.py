@@ -18,8 +18,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import agents, budgets, db, events, procs, projects, sessions, worktrees
+from . import agents, budgets, db, events, procs, projects, sessions
 from .config import RESTART_POLICIES, Settings, parse_signal
 from .context import Context
 from .errors import Conflict, InvalidInput, LaunchFailed, NotFound, QuotaExceeded
@@ -30,6 +31,9 @@ from .runners import Runner, change_state, count_active, find, get, insert, list
 from .states import ACTIVE, ENDED, RunnerState
 
 S = RunnerState
+
+if TYPE_CHECKING:
+    from .worktrees import Worktree
 STOP_GRACE = 5.0
 
 
@@ -86,11 +90,15 @@ def launch(ctx: Context, project_name: str, command: list[str], options: LaunchO
     if opts.worktree is not None:
         # git runs before the launch transaction, which must never wait on a process
         name = opts.worktree or f"{project.name}-{uuid.uuid4().hex[:6]}"
+        from . import worktrees
+
         worktree, cwd = worktrees.create(cwd, ctx.paths.data_dir / "worktrees" / project.name, name)
     try:
         ids = _insert_runners(ctx, project_name, command, opts, agent, cwd, worktree, restart, max_restarts, stop_signal, stop_timeout)
     except BaseException:
         if worktree is not None:
+            from . import worktrees
+
             worktrees.discard_new(worktree)
         raise
     return _start_keepers(ctx, ids)
@@ -103,7 +111,7 @@ def _insert_runners(
     opts: LaunchOptions,
     agent: str,
     cwd: str,
-    worktree: worktrees.Worktree | None,
+    worktree: Worktree | None,
     restart: str,
     max_restarts: int,
     stop_signal: str,
@@ -421,6 +429,8 @@ def remove(ctx: Context, runner: Runner, *, force: bool = False, remove_worktree
             raise Conflict(f"runner {runner.name!r} is {runner.state}; stop it first or use --force")
         stop(ctx, [runner])
     if remove_worktree and runner.worktree_path and runner.repo_path:
+        from . import worktrees
+
         worktrees.remove(worktrees.Worktree(runner.worktree_path, runner.worktree_branch or "", runner.repo_path), force=force)
     with db.write(conn):
         current = get(conn, runner.id)

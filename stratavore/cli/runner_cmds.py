@@ -10,8 +10,6 @@ import click
 from .. import logs as logfiles
 from .. import supervisor
 from ..agents import agent_names
-from ..attach import attach as attach_terminal
-from ..attach import connect, describe_key
 from ..config import parse_detach_key
 from ..errors import Conflict, ExitCode, InvalidInput
 from ..reconcile import reconcile
@@ -149,6 +147,9 @@ def _attach(ctx, runner: Runner, detach_key: str | None) -> int:
     if runner.state not in ACTIVE:
         raise Conflict(f"runner {runner.name!r} is {state_text(runner)}; see its output with `stratavore logs {runner.name}`")
     key = parse_detach_key(detach_key or ctx.settings.detach_key)
+    from ..attach import attach as attach_terminal
+    from ..attach import connect, describe_key
+
     sock = connect(ctx.paths.runner_socket(runner.id), runner.name)
     click.echo(f"[attached to {runner.name}; {describe_key(key)} detaches]", err=True)
     outcome = attach_terminal(sock, key)
