@@ -21,7 +21,7 @@ from .sessions import refresh_statuses
 
 DEMO_PROJECT = "demo"
 # small enough for a few simulated turns to cross it, so the tour shows a budget being hit
-DEMO_BUDGET_USD = 0.05
+DEMO_BUDGET_USD = 0.02
 # what each simulated agent types by itself; a prompt about editing asks for permission and waits
 SCRIPTS = [
     "please edit app.py to add logging|run the tests",
