@@ -157,3 +157,24 @@ def test_newer_database_is_refused(sv, ctx, workdir):
 def test_usage_dates_out_of_range(sv):
     assert_clean_error(sv("usage", "daily", "-u", "99991231"), ExitCode.INVALID_INPUT, "between 1971 and 9998")
     assert_clean_error(sv("usage", "daily", "-s", "00010101"), ExitCode.INVALID_INPUT, "between 1971 and 9998")
+
+
+def test_an_internal_error_is_one_line_with_the_traceback_in_a_log(sv, home):
+    # a price table that is not JSON: a packaging fault, not bad input, still no traceback on screen
+    import shutil
+
+    from stratavore import pricing
+
+    shipped = pricing.Path(pricing.__file__).parent / "data" / "prices.json"
+    backup = home / "prices.json.bak"
+    shutil.copy(shipped, backup)
+    try:
+        shipped.write_text("{not json")
+        proc = sv("usage", "prices")
+    finally:
+        shutil.copy(backup, shipped)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in proc.stderr
+    log = home / "logs" / "stratavore-errors.log"
+    assert "Traceback" in log.read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import sys
 
@@ -116,4 +117,30 @@ def main(argv: list[str] | None = None) -> None:
         # the reader of our output went away (`stratavore ps | head`); nothing left to say
         sys.stderr.close()
         sys.exit(int(ExitCode.ERROR))
+    except Exception as e:  # noqa: BLE001 - a bug: one line for the user, the traceback in a file
+        if os.environ.get("STRATAVORE_DEBUG"):
+            raise
+        click.echo(f"Error: internal error: {type(e).__name__}: {e} (details in {_log_traceback()})", err=True)
+        sys.exit(int(ExitCode.ERROR))
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def _log_traceback() -> str:
+    """Append the current exception's traceback to the profile's error log; return where it went."""
+    import tempfile
+    import time
+    import traceback
+
+    try:
+        from ..paths import resolve_paths
+
+        folder = resolve_paths().log_dir
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except Exception:  # noqa: BLE001 - even an unusable profile must not hide the error
+        from pathlib import Path
+
+        folder = Path(tempfile.gettempdir())
+    path = folder / "stratavore-errors.log"
+    with open(path, "a") as f:
+        f.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(sys.argv)}\n{traceback.format_exc()}\n")
+    return str(path)
