@@ -361,11 +361,15 @@ class Keeper:
             data = b""
         if not data:
             # every process holding the terminal has closed it; the agent is ending
+            self._close_master()
+            return
+        self.output(data)
+
+    def _close_master(self) -> None:
+        if self.master is not None:
             self.sel.unregister(self.master)
             os.close(self.master)
             self.master = None
-            return
-        self.output(data)
 
     def output(self, data: bytes) -> None:
         self.last_output_at = time.time()
@@ -385,9 +389,7 @@ class Keeper:
             except OSError:
                 data = b""
             if not data:
-                self.sel.unregister(self.master)
-                os.close(self.master)
-                self.master = None
+                self._close_master()
                 return
             self.output(data)
 
