@@ -9,7 +9,6 @@ import select
 import signal
 import socket
 import struct
-import sys
 import termios
 import tty
 from dataclasses import dataclass
@@ -118,7 +117,3 @@ def _write_all(fd: int, data: bytes) -> None:
 def describe_key(key: bytes) -> str:
     code = key[0]
     return f"Ctrl-{chr(code ^ 0x40)}" if code < 32 else repr(key)
-
-
-def stdout_fd() -> int:
-    return sys.stdout.fileno()

@@ -28,7 +28,6 @@ import struct
 import termios
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, NoReturn
 
 from . import db, procs, protocol
@@ -815,7 +814,3 @@ def _isolate_fds(keep: int | None) -> None:
     else:
         os.closerange(3, keep)
         os.closerange(keep + 1, 65536)
-
-
-def socket_path(paths: Paths, runner_id: str) -> Path:
-    return paths.runner_socket(runner_id)

@@ -228,7 +228,3 @@ def exit_description(runner: Runner) -> str:
     if runner.exit_code is not None:
         return f"exit code {runner.exit_code}"
     return ""
-
-
-def now() -> float:
-    return db.now()

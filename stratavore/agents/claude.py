@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shlex
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -188,7 +187,3 @@ def _epoch(value: Any) -> float | None:
         return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
-
-
-def now() -> float:
-    return time.time()

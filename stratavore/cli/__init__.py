@@ -30,7 +30,6 @@ LAZY_COMMANDS = {
     "events": "system_cmds",
     "daemon": "system_cmds",
     "demo": "system_cmds",
-    "demo-agent": "system_cmds",
     "config": "system_cmds",
     "completion": "system_cmds",
     "notify": "notify_cmds",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from dataclasses import asdict
 
 import click
@@ -191,14 +190,6 @@ def demo(app, count: int, cleanup: bool) -> None:
         click.echo(f"\nStopped the demo runners ({names}). Nothing is left running.")
     else:
         click.echo(f"\nLeft running: {names} (stop them with `stratavore stop --project {demo_mod.DEMO_PROJECT}`).")
-
-
-@cli.command("demo-agent", hidden=True)
-def demo_agent() -> int:
-    """The small interactive program the demo launches."""
-    from ..demo_agent import main as agent_main
-
-    return agent_main(float(os.environ.get("STRATAVORE_DEMO_INTERVAL", "1.5")))
 
 
 @cli.group("config")
