@@ -298,7 +298,8 @@ class Keeper:
             self.fail(failure)
         self.mark_running()
         self.report(ok=True, agent_pid=self.agent_pid)
-        self.next_heartbeat = time.monotonic() + self.settings.heartbeat_interval
+        # the first sample soon after the start, so `ps` shows CPU and memory from the first seconds
+        self.next_heartbeat = time.monotonic() + min(1.0, self.settings.heartbeat_interval)
         while True:
             self.loop_once()
 
